@@ -1,0 +1,479 @@
+"""Cases: the authoring API, the registry and discovery of case files.
+
+A case names one computation that must give the same numbers wherever it runs::
+
+    c = case("preprocessing/standardize", tags={"preprocessing"}, tolerance="ulp(4)",
+             inputs=lambda rng: {"x": rng.standard_normal((512, 8)).astype("float32")})
+
+    @c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+    def _(x):
+        return {"y": (x - x.mean(0)) / x.std(0)}
+
+    @c.impl("torch", backend="torch", dtypes=("float32", "float16"))
+    def _(x):
+        return {"y": (x - x.mean(0)) / x.std(0, unbiased=False)}
+
+Inputs and parameters are made in the parent process with numpy from a seed, stored in the bundle,
+and handed to every implementation, cast to the variant's float dtype; integer, bool and string
+arrays are passed as they are. Case files import no framework at module level: implementations
+import torch or jax inside their bodies, so ``detharness list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib.util
+import inspect
+import json
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detharness.errors import CaseError
+
+DEFAULT_MODES: dict[str, tuple[str, ...]] = {
+    "numpy": ("eager",),
+    "torch": ("eager",),
+    "onnxruntime": ("eager",),
+    "jax": ("jit",),
+}
+_CASE_ID = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
+_IMPL_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+ArrayDict = dict[str, np.ndarray]
+InputFactory = Callable[[np.random.Generator], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class KnownDivergence:
+    """A divergence the case's authors expect and accept, while its conditions hold.
+
+    ``variants`` is a glob over variant ids (``*[torch:*``); ``checks`` the check kinds it covers;
+    ``when`` maps environment fingerprint keys to globs (``{"torch.cpu_capability": "DEFAULT"}``),
+    all of which must match for the divergence to apply. Outside those conditions the variant is
+    judged as usual, so a fix or a platform change shows up again as ``diverged``.
+    """
+
+    reason: str
+    variants: str = "*"
+    checks: tuple[str, ...] = ("backend", "device", "environment", "repeat")
+    when: Mapping[str, str] = field(default_factory=dict)
+
+    def applies(self, variant_id: str, check: str, environment: Mapping[str, Any]) -> bool:
+        if check not in self.checks or not fnmatch.fnmatchcase(variant_id, self.variants):
+            return False
+        for key, pattern in self.when.items():
+            value = environment.get(key)
+            if value is None or not fnmatch.fnmatchcase(str(value), pattern):
+                return False
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "variants": self.variants, "checks": list(self.checks), "when": dict(self.when)}
+
+
+@dataclass
+class Implementation:
+    """One way of computing a case's outputs, on one backend."""
+
+    name: str
+    backend: str
+    fn: Callable[..., Any]
+    dtypes: tuple[str, ...]
+    devices: tuple[str, ...]
+    modes: tuple[str, ...]
+    reference: bool = False
+    module: bool = False
+    location: str = ""
+
+    @property
+    def source(self) -> str:
+        try:
+            return inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            return getattr(self.fn, "__qualname__", repr(self.fn))
+
+
+@dataclass
+class Variant:
+    """One runnable combination: case x implementation x device x dtype x mode."""
+
+    case: Case
+    impl: Implementation
+    device: str
+    dtype: str
+    mode: str
+
+    @property
+    def id(self) -> str:
+        return variant_id(self.case.id, self.impl.name, self.device, self.dtype, self.mode)
+
+    @property
+    def keywords(self) -> set[str]:
+        """Names a ``-k`` expression can match besides the id: tags, backend, device, dtype, mode."""
+        return {*self.case.tags, self.impl.backend, self.impl.name, self.device, self.dtype, self.mode}
+
+
+def variant_id(case_id: str, impl: str, device: str, dtype: str, mode: str) -> str:
+    return f"{case_id}[{impl}:{device}:{dtype}:{mode}]"
+
+
+def parse_variant_id(text: str) -> tuple[str, str, str, str, str]:
+    """Split ``CASE[IMPL:DEVICE:DTYPE:MODE]``; the mode may itself hold colons."""
+    if not text.endswith("]") or "[" not in text:
+        raise CaseError(f"not a variant id: {text!r} (expected CASE[IMPL:DEVICE:DTYPE:MODE])")
+    case_id, _, inner = text[:-1].partition("[")
+    parts = inner.split(":", 3)
+    if len(parts) != 4:
+        raise CaseError(f"not a variant id: {text!r} (expected CASE[IMPL:DEVICE:DTYPE:MODE])")
+    return case_id, parts[0], parts[1], parts[2], parts[3]
+
+
+class Case:
+    """A registered case. Created with :func:`case`; implementations are added with :meth:`impl`."""
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        inputs: InputFactory | None = None,
+        params: InputFactory | None = None,
+        tags: Iterable[str] = (),
+        tolerance: str | Mapping[str, str] | None = None,
+        seed: int = 0,
+        outputs: Sequence[str] | None = None,
+        reference_outputs: Mapping[str, np.ndarray] | None = None,
+        known: Iterable[KnownDivergence] = (),
+        description: str = "",
+        location: str = "",
+        fingerprint_extra: str = "",
+    ) -> None:
+        if not isinstance(id, str) or not _CASE_ID.match(id):
+            raise CaseError(f"bad case id {id!r}: use slash-separated names of letters, digits, '_', '-', '.', '+'")
+        self.id = id
+        self.inputs_factory = inputs
+        self.params_factory = params
+        self.tags = frozenset(tags)
+        self.tolerance = tolerance
+        self.seed = seed
+        self.outputs = tuple(outputs) if outputs else None
+        self.reference_outputs = dict(reference_outputs) if reference_outputs is not None else None
+        self.known = list(known)
+        self.description = description
+        self.location = location
+        self.fingerprint_extra = fingerprint_extra
+        self.impls: dict[str, Implementation] = {}
+
+    def __repr__(self) -> str:
+        return f"Case({self.id!r}, impls={list(self.impls)})"
+
+    # -- authoring ---------------------------------------------------------------------------
+
+    def impl(
+        self,
+        name: str,
+        *,
+        backend: str,
+        reference: bool = False,
+        dtypes: Sequence[str] = ("float32",),
+        devices: Sequence[str] = ("cpu", "cuda"),
+        modes: Sequence[str] | None = None,
+        module: bool = False,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Add an implementation. ``module=True`` marks a builder: ``build(params)`` returns a
+        torch module, a jax callable or an ONNX model, which the backend then calls with the inputs
+        (so the torch ``onnx`` mode can export it)."""
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if not _IMPL_NAME.match(name):
+                raise CaseError(f"case {self.id}: bad implementation name {name!r}")
+            if name in self.impls:
+                raise CaseError(f"case {self.id}: implementation {name!r} defined twice "
+                                f"({self.impls[name].location} and {_where(fn)})")
+            if reference and self.reference_impl is not None:
+                raise CaseError(f"case {self.id}: two references ({self.reference_impl.name!r} and {name!r})")
+            if reference and self.reference_outputs is not None:
+                raise CaseError(f"case {self.id}: reference implementation {name!r} given beside stored outputs")
+            self.impls[name] = Implementation(
+                name=name,
+                backend=backend,
+                fn=fn,
+                dtypes=tuple(dtypes),
+                devices=tuple(devices),
+                modes=tuple(modes) if modes else DEFAULT_MODES.get(backend, ("eager",)),
+                reference=reference,
+                module=module,
+                location=_where(fn),
+            )
+            return fn
+
+        return register
+
+    def known_divergence(self, reason: str, *, variants: str = "*", checks: Sequence[str] | None = None,
+                         when: Mapping[str, str] | None = None) -> Case:
+        """Declare a known divergence (see :class:`KnownDivergence`); returns the case for chaining."""
+        self.known.append(KnownDivergence(reason=reason, variants=variants,
+                                          checks=tuple(checks) if checks else KnownDivergence.checks,
+                                          when=dict(when or {})))
+        return self
+
+    # -- queries -----------------------------------------------------------------------------
+
+    @property
+    def reference_impl(self) -> Implementation | None:
+        return next((i for i in self.impls.values() if i.reference), None)
+
+    @property
+    def reference_variant(self) -> Variant | None:
+        """What every other variant is held against: the reference's first dtype and mode, on the CPU."""
+        ref = self.reference_impl
+        return Variant(self, ref, "cpu", ref.dtypes[0], ref.modes[0]) if ref is not None else None
+
+    def variants(self) -> Iterator[Variant]:
+        """Every variant the case declares, whatever this machine has."""
+        for impl in self.impls.values():
+            for device in impl.devices:
+                for dtype in impl.dtypes:
+                    for mode in impl.modes:
+                        yield Variant(self, impl, device, dtype, mode)
+
+    def make_inputs(self) -> ArrayDict:
+        return _make_arrays(self, self.inputs_factory, stream=0, what="inputs")
+
+    def make_params(self) -> ArrayDict:
+        return _make_arrays(self, self.params_factory, stream=1, what="params")
+
+    def tolerance_for(self, output: str, dtype: str) -> str | None:
+        """The case's tolerance for one output at one dtype; ``None`` means the dtype's default.
+
+        A mapping tolerance is looked up by output name, then dtype name, then ``"default"``.
+        """
+        tol = self.tolerance
+        if tol is None or isinstance(tol, str):
+            return tol
+        for key in (output, dtype, "default"):
+            if key in tol:
+                return tol[key]
+        return None
+
+    def known_for(self, variant: str, check: str, environment: Mapping[str, Any]) -> KnownDivergence | None:
+        return next((k for k in self.known if k.applies(variant, check, environment)), None)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over everything that defines the case: sources of its functions and its options.
+
+        Recorded per variant so that a changed case is never blamed on the environment.
+        """
+        h = hashlib.sha256()
+        parts: dict[str, Any] = {
+            "id": self.id,
+            "seed": self.seed,
+            "tolerance": self.tolerance,
+            "outputs": self.outputs,
+            "inputs": _source(self.inputs_factory),
+            "params": _source(self.params_factory),
+            "extra": self.fingerprint_extra,
+            "impls": {n: [i.backend, i.source, i.dtypes, i.modes, i.reference, i.module] for n, i in self.impls.items()},
+        }
+        h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict[str, Any]:
+        ref = self.reference_impl
+        return {
+            "id": self.id,
+            "tags": sorted(self.tags),
+            "description": self.description,
+            "location": self.location,
+            "tolerance": self.tolerance,
+            "reference": ref.name if ref else ("stored outputs" if self.reference_outputs is not None else None),
+            "implementations": [
+                {"name": i.name, "backend": i.backend, "dtypes": list(i.dtypes), "devices": list(i.devices),
+                 "modes": list(i.modes), "reference": i.reference}
+                for i in self.impls.values()
+            ],
+            "known": [k.to_json() for k in self.known],
+            "fingerprint": self.fingerprint,
+        }
+
+
+def _source(fn: Callable[..., Any] | None) -> str | None:
+    if fn is None:
+        return None
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return getattr(fn, "__qualname__", repr(fn))
+
+
+def _where(fn: Any) -> str:
+    try:
+        return f"{display_path(inspect.getsourcefile(fn) or '?')}:{inspect.getsourcelines(fn)[1]}"
+    except (OSError, TypeError):
+        return "<unknown>"
+
+
+def display_path(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working directory when under it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def _make_arrays(c: Case, factory: InputFactory | None, *, stream: int, what: str) -> ArrayDict:
+    if factory is None:
+        return {}
+    # One seed sequence per case and stream, so adding a parameter never shifts the inputs.
+    rng = np.random.default_rng([c.seed, stream])
+    made = factory(rng)
+    if not isinstance(made, Mapping):
+        raise CaseError(f"case {c.id}: {what} must return a dict of name -> array, got {type(made).__name__}")
+    out: ArrayDict = {}
+    for name, value in made.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind == "O":
+            raise CaseError(f"case {c.id}: {what} {name!r} is an object array; use numbers, bools or strings")
+        out[str(name)] = np.ascontiguousarray(arr)
+    return out
+
+
+class Registry:
+    """An ordered set of cases with unique ids."""
+
+    def __init__(self) -> None:
+        self._cases: dict[str, Case] = {}
+        self.files: list[str] = []
+
+    def add(self, c: Case) -> Case:
+        if c.id in self._cases:
+            raise CaseError(f"duplicate case id {c.id!r}: defined at {self._cases[c.id].location} and {c.location}")
+        self._cases[c.id] = c
+        return c
+
+    def __iter__(self) -> Iterator[Case]:
+        return iter(self._cases.values())
+
+    def __len__(self) -> int:
+        return len(self._cases)
+
+    def __contains__(self, case_id: object) -> bool:
+        return case_id in self._cases
+
+    def __getitem__(self, case_id: str) -> Case:
+        try:
+            return self._cases[case_id]
+        except KeyError:
+            raise CaseError(f"no case {case_id!r}") from None
+
+    def get(self, case_id: str) -> Case | None:
+        return self._cases.get(case_id)
+
+
+_state = threading.local()
+default_registry = Registry()
+
+
+def _current_registry() -> Registry:
+    return getattr(_state, "registry", None) or default_registry
+
+
+@contextmanager
+def collecting_into(registry: Registry) -> Iterator[Registry]:
+    """Make :func:`case` add to ``registry`` while case files are imported."""
+    previous = getattr(_state, "registry", None)
+    _state.registry = registry
+    try:
+        yield registry
+    finally:
+        _state.registry = previous
+
+
+def case(id: str, **options: Any) -> Case:
+    """Create a case and add it to the registry being collected (see :class:`Case` for options)."""
+    frame = sys._getframe(1)  # inspect.stack() reads every source file on the stack: far slower
+    c = Case(id, location=f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno}", **options)
+    return _current_registry().add(c)
+
+
+# -- discovery -------------------------------------------------------------------------------
+
+CASE_SOURCES: list[Callable[[Path, Registry], bool]] = []
+"""Extra case sources: each gets a folder and returns True when it claimed it (ONNX test data)."""
+
+
+def builtin_cases_path() -> Path:
+    """The built-in library: ``cases/`` in a checkout, the ``detharness_cases`` package when installed."""
+    spec = importlib.util.find_spec("detharness_cases")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "cases"
+
+
+def case_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.py")
+                  if p.name != "__init__.py" and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+
+
+def discover(paths: Sequence[str | Path] | None = None) -> Registry:
+    """Import every case file under ``paths`` (default: the built-in library) into a new Registry.
+
+    This runs the user's Python code. A file that fails to import raises :class:`CaseError` naming
+    the file and the error.
+    """
+    registry = Registry()
+    targets = [Path(p) for p in paths] if paths else [builtin_cases_path()]
+    for target in targets:
+        if not target.exists():
+            raise CaseError(f"--cases {target}: no such file or directory")
+        if target.is_dir() and any(source(target, registry) for source in CASE_SOURCES):
+            continue
+        for file in case_files(target):
+            load_case_file(file, registry)
+    return registry
+
+
+def load_case_file(file: Path, registry: Registry) -> None:
+    resolved = file.resolve()
+    if str(resolved) in registry.files:
+        return
+    module_name = "detharness_user_cases._" + hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise CaseError(f"{file}: cannot be imported as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    with collecting_into(registry):
+        try:
+            spec.loader.exec_module(module)
+        except CaseError:
+            raise
+        except BaseException as exc:  # a case file is user code: any failure is the user's to fix
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            sys.modules.pop(module_name, None)
+            line = _error_line(exc, resolved)
+            raise CaseError(f"case file {file} failed to import{line}: {type(exc).__name__}: {exc}") from exc
+    registry.files.append(str(resolved))
+
+
+def _error_line(exc: BaseException, file: Path) -> str:
+    tb = exc.__traceback__
+    lineno = None
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename) == file:
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    return f" (line {lineno})" if lineno else ""
