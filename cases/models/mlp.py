@@ -1,0 +1,60 @@
+"""A two-layer MLP (64 -> 128 -> 10, ReLU): the torch module is the source, exported to ONNX and
+run in ONNX Runtime (mode ``onnx``), and ported to JAX with the same weights.
+
+Matmul outputs are sums that cancel near zero, where ULP and relative error explode; they are
+judged by the error relative to the output's largest magnitude (``scaled``), as DIVERGENCES.md's
+matmul figures (8.7e-7 for jax, 4.8e-7 for numpy against float64) suggest.
+"""
+
+import numpy as np
+
+from detharness import case
+
+
+def _params(rng):
+    return {
+        "w1": (rng.standard_normal((128, 64)) / 8).astype("float32"),
+        "b1": (0.1 * rng.standard_normal(128)).astype("float32"),
+        "w2": (rng.standard_normal((10, 128)) / 11).astype("float32"),
+        "b2": (0.1 * rng.standard_normal(10)).astype("float32"),
+    }
+
+
+c = case(
+    "models/mlp",
+    tags={"model"},
+    description="Linear(64, 128) -> ReLU -> Linear(128, 10) on a batch of 256",
+    inputs=lambda rng: {"x": rng.standard_normal((256, 64)).astype("float32")},
+    params=_params,
+    tolerance={"float32": "scaled(4e-6)", "float16": "scaled(4e-3)", "bfloat16": "scaled(3e-2)"},
+)
+
+
+@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+def _(x, params):
+    h = np.maximum(x @ params["w1"].T + params["b1"], 0)
+    return {"y": h @ params["w2"].T + params["b2"]}
+
+
+@c.impl("torch", backend="torch", module=True, dtypes=("float32", "float16", "bfloat16"), modes=("eager", "onnx"))
+def _(params):
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    with torch.no_grad():
+        model[0].weight.copy_(params["w1"])
+        model[0].bias.copy_(params["b1"])
+        model[2].weight.copy_(params["w2"])
+        model[2].bias.copy_(params["b2"])
+    return model
+
+
+@c.impl("jax", backend="jax", module=True, dtypes=("float32", "bfloat16"))
+def _(params):
+    import jax.numpy as jnp
+
+    def mlp(x):
+        h = jnp.maximum(x @ params["w1"].T + params["b1"], 0)
+        return h @ params["w2"].T + params["b2"]
+
+    return mlp

@@ -1,0 +1,47 @@
+"""Softmax over the last axis: every backend has its own kernel, vectorized per ISA.
+
+Here torch, jax and onnxruntime each land within a few ULP of float64 numpy, with most elements
+not bitwise equal; torch's bits also change with ATEN_CPU_CAPABILITY (see DIVERGENCES.md).
+"""
+
+import numpy as np
+
+from detharness import case
+
+c = case(
+    "models/softmax",
+    tags={"model"},
+    description="softmax over the last axis of 256 x 512 logits",
+    inputs=lambda rng: {"x": (rng.standard_normal((256, 512)) * 3).astype("float32")},
+    tolerance={"float32": "ulp(8)", "float16": "close(2e-3, 1e-5)", "bfloat16": "close(1.6e-2, 1e-4)"},
+)
+
+
+@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+def _(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return {"y": e / e.sum(-1, keepdims=True)}
+
+
+@c.impl("torch", backend="torch", dtypes=("float32", "float16", "bfloat16"))
+def _(x):
+    import torch
+
+    return {"y": torch.softmax(x, dim=-1)}
+
+
+@c.impl("jax", backend="jax", dtypes=("float32", "bfloat16"))
+def _(x):
+    import jax
+
+    return {"y": jax.nn.softmax(x, axis=-1)}
+
+
+@c.impl("onnxruntime", backend="onnxruntime", module=True, dtypes=("float32",))
+def _(params):
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
+    graph = helper.make_graph([node], "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 512])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 512])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
