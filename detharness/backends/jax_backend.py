@@ -1,0 +1,227 @@
+"""jax: ``jit`` (compiled ahead of the timed call) and ``eager`` (op by op), on CPU and CUDA.
+
+A plain implementation takes jax arrays; a module builder returns a callable (closing over the
+parameters it was built from). float64 is enabled (``jax_enable_x64``) when the backend loads, so a
+float64 variant really computes in float64 instead of being silently truncated to float32.
+
+Order: :meth:`JaxBackend.apply_switches` must run before anything starts jax's XLA backend.
+``XLA_FLAGS`` is read once, when the backend starts (the first ``jax.devices()`` or array), not
+when jax is imported; ``apply_switches(deterministic=True)`` sets ``--xla_gpu_deterministic_ops``
+there, then loads jax. Asked for after the backend started without that flag, it raises
+:class:`BackendError` rather than record a switch that is not in force.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from detharness.backends.base import Backend, split_device
+from detharness.errors import BackendError
+
+if TYPE_CHECKING:
+    import jax
+
+_DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
+
+
+def _backend_started() -> bool:
+    """Whether jax's XLA backends were already created in this process (XLA_FLAGS then read)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        # A jax without that private helper: assume started, so a flag is never falsely recorded.
+        return True
+
+
+def _config(name: str) -> Any:
+    """A jax config value by name (the attributes are dynamic, so typed access goes through here).
+
+    ``jax.config.read`` refuses flags that also have a context manager (the matmul precision),
+    so the attribute is read instead.
+    """
+    import jax
+
+    return getattr(jax.config, name)
+
+
+def _set_config(name: str, value: Any) -> None:
+    import jax
+
+    jax.config.update(name, value)  # type: ignore[no-untyped-call]
+
+
+def _flag_value(flags: str, name: str) -> str | None:
+    """The value of ``--name=value`` in an XLA_FLAGS string (the last one wins, as for XLA)."""
+    value = None
+    for token in flags.split():
+        key, _, given = token.partition("=")
+        if key == name:
+            value = given or "true"
+    return value
+
+
+class JaxBackend(Backend):
+    """jax arrays on ``cpu`` and ``cuda`` (jax's CUDA "gpu" platform, when it has devices)."""
+
+    name = "jax"
+    import_name = "jax"
+    requires = ("jaxlib",)
+    distributions = ("jax",)
+    install_hint = 'pip install "detharness[jax]" -c ci/pins/cpu.txt'
+    modes = ("jit", "eager")
+    default_modes = ("jit",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        # XLA_FLAGS as the XLA backend saw it when it started; None while unknown.
+        self._xla_flags_at_start: str | None = None
+
+    # -- switches and loading -------------------------------------------------------------------
+
+    def _set_environment(self, deterministic: bool) -> None:
+        if not deterministic:
+            return
+        flags = os.environ.get("XLA_FLAGS", "")
+        if _flag_value(flags, _DETERMINISTIC_FLAG) == "true":
+            return
+        if _backend_started():
+            raise BackendError(
+                "jax's XLA backend already started without --xla_gpu_deterministic_ops; "
+                "call apply_switches(deterministic=True) before anything uses jax"
+            )
+        others = [t for t in flags.split() if t.partition("=")[0] != _DETERMINISTIC_FLAG]
+        os.environ["XLA_FLAGS"] = " ".join([*others, f"{_DETERMINISTIC_FLAG}=true"])
+
+    def _load_framework(self) -> None:
+        import jax
+
+        # Enabled for every variant so a float64 variant is float64; recorded in the switches.
+        _set_config("jax_enable_x64", True)
+        if not _backend_started():
+            self._xla_flags_at_start = os.environ.get("XLA_FLAGS", "")
+        jax.devices()  # start the backend now, with the flags just recorded
+
+    def _set_deterministic(self) -> None:
+        _set_config("jax_default_matmul_precision", "highest")
+
+    def _read_switches(self) -> dict[str, Any]:
+        flags = self._xla_flags_at_start
+        deterministic_ops = None if flags is None else _flag_value(flags, _DETERMINISTIC_FLAG) == "true"
+        return {
+            "jax.enable_x64": bool(_config("jax_enable_x64")),
+            "jax.default_matmul_precision": _config("jax_default_matmul_precision") or "default",
+            # None: the backend started before detharness loaded jax, with flags it cannot know.
+            "jax.xla_gpu_deterministic_ops": deterministic_ops,
+            "jax.threefry_partitionable": bool(_config("jax_threefry_partitionable")),
+        }
+
+    def _fingerprint(self) -> dict[str, Any]:
+        import jax
+        import jaxlib
+
+        return {
+            "jax.version": jax.__version__,
+            "jaxlib.version": getattr(jaxlib, "__version__", None) or jaxlib.version.__version__,
+            "jax.backend": jax.default_backend(),
+            "jax.devices": [d.device_kind for d in jax.devices()],
+            "jax.x64": bool(_config("jax_enable_x64")),
+        }
+
+    # -- devices and arrays ---------------------------------------------------------------------------
+
+    def _cuda_devices(self) -> list[jax.Device]:
+        import jax
+
+        for platform in ("cuda", "gpu"):
+            try:
+                found = [d for d in jax.devices(platform) if d.platform in ("cuda", "gpu")]
+            except RuntimeError:
+                continue
+            # "gpu" is also ROCm's platform; only CUDA devices count as detharness's "cuda".
+            found = [d for d in found if "rocm" not in str(getattr(d.client, "platform_version", "")).lower()]
+            if found:
+                return found
+        return []
+
+    def _devices(self) -> list[str]:
+        return ["cpu", "cuda"] if self._cuda_devices() else ["cpu"]
+
+    def _device(self, device: str) -> jax.Device:
+        import jax
+
+        kind, index = split_device(device)
+        found = jax.devices("cpu") if kind == "cpu" else self._cuda_devices()
+        return found[index or 0]
+
+    def _to_native(self, array: np.ndarray, device: str) -> Any:
+        import jax
+
+        # jax takes ml_dtypes bfloat16 as it is; float64 stays float64 since x64 is on.
+        return jax.device_put(array, self._device(device))
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        import jax
+
+        return np.array(jax.device_get(value), copy=True)
+
+    def synchronize(self, device: str, outputs: Any = None) -> None:
+        import jax
+
+        # jax dispatches asynchronously: only the outputs themselves can be waited for.
+        if outputs is not None:
+            jax.block_until_ready(outputs)  # type: ignore[no-untyped-call]
+
+    # -- prepare ------------------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        obj: Any,
+        *,
+        mode: str,
+        device: str,
+        dtype: str,
+        example_inputs: tuple[Any, ...],
+        is_module: bool,
+    ) -> Callable[..., Any]:
+        import jax
+
+        if not callable(obj):
+            raise TypeError(
+                f"a jax implementation (or what its builder returns) must be callable, not {type(obj).__name__}"
+            )
+        self._run_info = {"jax.mode": mode, "jax.device": str(self._device(device))}
+        if mode == "eager":
+            return obj  # type: ignore[no-any-return]
+        start = time.perf_counter()
+        if isinstance(obj, functools.partial) and "params" in obj.keywords and not obj.args:
+            # Parameters go in as arguments of the compiled function, as in a real training or
+            # serving program, not baked in as constants that XLA may fold at compile time.
+            params = obj.keywords["params"]
+            rest = {k: v for k, v in obj.keywords.items() if k != "params"}
+            fn = obj.func
+
+            def with_params(params: Any, *args: Any) -> Any:
+                return fn(*args, params=params, **rest)
+
+            compiled = jax.jit(with_params).lower(params, *example_inputs).compile()
+
+            def call(*args: Any) -> Any:
+                return compiled(params, *args)
+
+        else:
+            compiled = jax.jit(obj).lower(*example_inputs).compile()
+            call = compiled
+        # Compiled ahead with the example inputs, so the timed call runs code, not the compiler.
+        self._run_info["jax.compile_seconds"] = round(time.perf_counter() - start, 6)
+        return call

@@ -1,0 +1,456 @@
+"""ONNX Runtime: sessions over ONNX models, one mode per graph optimization level.
+
+An implementation on this backend is a module builder that returns an ``onnx.ModelProto``, its
+serialized bytes, or the path of a ``.onnx`` file (loaded through :func:`load_model_safely`). The
+session's inputs are matched to the case's inputs in order; its outputs keep their graph names.
+
+The session helpers here (:func:`create_session`, :func:`run_session`) are shared with the torch
+backend's ``onnx`` modes, so a torch model exported to ONNX runs exactly as a model given directly.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from detharness.backends.base import Backend, UnsupportedVariant, split_device
+from detharness.dtypes import ALL_DTYPES, dtype_name, numpy_dtype
+from detharness.errors import CaseError, UsageError
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+
+#: Modes of this backend and the graph optimization level each one runs at. Levels can change
+#: bits (ONNX Runtime fuses ops at EXTENDED that it leaves alone at BASIC), so each is a mode.
+OPTIMIZATION_LEVELS: dict[str, str] = {
+    "opt:all": "ORT_ENABLE_ALL",
+    "opt:layout": "ORT_ENABLE_LAYOUT",
+    "opt:extended": "ORT_ENABLE_EXTENDED",
+    "opt:basic": "ORT_ENABLE_BASIC",
+    "opt:disabled": "ORT_DISABLE_ALL",
+}
+
+# ONNX Runtime's type strings (NodeArg.type) by detharness dtype name.
+_ORT_TYPES: dict[str, str] = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+}
+
+# onnx.TensorProto.BFLOAT16, written out so that moving bfloat16 needs no import of onnx.
+_ONNX_BFLOAT16 = 16
+
+_MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
+
+# One probe per (provider, dtype): whether the provider has kernels for ordinary ops at that dtype.
+_PROBED: dict[tuple[str, str], tuple[bool, str]] = {}
+
+
+def provider_for(device: str) -> str:
+    """The execution provider that runs ``device``: ``CPUExecutionProvider`` or ``CUDAExecutionProvider``."""
+    kind, _ = split_device(device)
+    return "CUDAExecutionProvider" if kind == "cuda" else "CPUExecutionProvider"
+
+
+def provider_supports(device: str, dtype: str) -> tuple[bool, str]:
+    """Whether ONNX Runtime's provider for ``device`` can run ordinary models at ``dtype``.
+
+    Complex tensors are refused by the runtime itself. For bfloat16 a tiny Add/Relu/MatMul model
+    is probed once per provider: the CPU provider of 1.32 has none of those kernels, while the
+    CUDA provider has them. Other float dtypes are taken as runnable; a model that needs a kernel
+    the provider lacks (float64 Conv on CPU) is reported by :func:`create_session` instead.
+    """
+    import onnxruntime
+
+    provider = provider_for(device)
+    if provider not in onnxruntime.get_available_providers():
+        return False, f"onnxruntime has no {provider} here (the onnxruntime-gpu package provides it)"
+    if dtype.startswith("complex"):
+        return False, "onnxruntime has no complex tensors"
+    if dtype != "bfloat16":
+        return True, ""
+    key = (provider, dtype)
+    if key not in _PROBED:
+        _PROBED[key] = _probe_bfloat16(device)
+    return _PROBED[key]
+
+
+def _probe_bfloat16(device: str) -> tuple[bool, str]:
+    provider = provider_for(device)
+    short = "CPU" if provider == "CPUExecutionProvider" else "CUDA"
+    try:
+        import onnx  # noqa: F401  (the probe model is built with onnx.helper)
+    except ImportError:
+        return False, "bfloat16 support cannot be probed without the onnx package"
+    for op in ("Add", "Relu", "MatMul"):
+        try:
+            create_session(_probe_model(op), device=device, level="ORT_DISABLE_ALL", deterministic=False)
+        except UnsupportedVariant:
+            return False, f"onnxruntime's {short} provider has no bfloat16 kernel for {op}"
+    return True, ""
+
+
+def _probe_model(op: str) -> bytes:
+    from onnx import TensorProto, helper
+
+    arity = 1 if op == "Relu" else 2
+    names = ["a", "b"][:arity]
+    graph = helper.make_graph(
+        [helper.make_node(op, names, ["y"])],
+        "probe",
+        [helper.make_tensor_value_info(n, TensorProto.BFLOAT16, [2, 2]) for n in names],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, None)],
+    )
+    data: bytes = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    return data
+
+
+def create_session(
+    model: bytes,
+    *,
+    device: str,
+    level: str = "ORT_ENABLE_ALL",
+    deterministic: bool = False,
+) -> tuple[onnxruntime.InferenceSession, dict[str, Any]]:
+    """An ``InferenceSession`` for ``model`` on the provider for ``device``, and what it really used.
+
+    ``level`` is a ``GraphOptimizationLevel`` member name. ``deterministic`` turns on
+    ``use_deterministic_compute`` and, on CUDA, turns TF32 off (the CUDA provider's default is on)
+    and chooses convolution algorithms by heuristic instead of timing them. Raises
+    :class:`UnsupportedVariant` when the provider lacks a kernel the model needs, or when the
+    CUDA provider was asked for and ONNX Runtime quietly fell back to the CPU.
+    """
+    import onnxruntime
+
+    kind, index = split_device(device)
+    options = onnxruntime.SessionOptions()
+    if not hasattr(onnxruntime.GraphOptimizationLevel, level):
+        # ORT_ENABLE_LAYOUT is recent: an older onnxruntime skips that mode rather than fail it.
+        raise UnsupportedVariant(f"onnxruntime {onnxruntime.__version__} has no {level} optimization level")
+    options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
+    # Errors only: the warning printed when a provider cannot start is checked below instead.
+    options.log_severity_level = 3
+    if deterministic:
+        options.use_deterministic_compute = True
+    providers: list[Any]
+    if kind == "cuda":
+        cuda_options: dict[str, Any] = {"device_id": index or 0}
+        if deterministic:
+            cuda_options.update(use_tf32="0", cudnn_conv_algo_search="HEURISTIC")
+        providers = [("CUDAExecutionProvider", cuda_options), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    try:
+        session = onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
+    except Exception as exc:
+        raise _translate(exc, device) from exc
+    used = session.get_providers()
+    if kind == "cuda" and "CUDAExecutionProvider" not in used:
+        raise UnsupportedVariant("onnxruntime could not start its CUDA provider (CUDA or cuDNN libraries missing?)")
+    info: dict[str, Any] = {
+        "onnxruntime.providers": used,
+        "onnxruntime.graph_optimization_level": level,
+        "onnxruntime.use_deterministic_compute": bool(options.use_deterministic_compute),
+        # 0 means ONNX Runtime's default: one thread per physical core. Reductions split across
+        # threads, so the count can matter for the bits.
+        "onnxruntime.intra_op_num_threads": options.intra_op_num_threads,
+    }
+    if kind == "cuda":
+        given = session.get_provider_options().get("CUDAExecutionProvider", {})
+        for key in ("device_id", "use_tf32", "cudnn_conv_algo_search"):
+            if key in given:
+                info[f"onnxruntime.cuda.{key}"] = given[key]
+    return session, info
+
+
+def _translate(exc: Exception, device: str) -> Exception:
+    """A missing kernel becomes :class:`UnsupportedVariant`; anything else is raised as it is."""
+    match = _MISSING_KERNEL.search(str(exc))
+    if match is None:
+        return exc
+    op, version = match.groups()
+    short = "CPU" if provider_for(device) == "CPUExecutionProvider" else "CUDA"
+    return UnsupportedVariant(f"onnxruntime's {short} provider has no kernel for {op}({version}) at this model's dtype")
+
+
+def ort_dtype_name(type_string: str) -> str | None:
+    """detharness's dtype name for ONNX Runtime's ``tensor(float)``-style type string, or None."""
+    return _ORT_TYPES.get(type_string)
+
+
+def run_session(session: onnxruntime.InferenceSession, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run ``session`` with ``arrays`` as its inputs in order; the outputs as numpy, in graph order.
+
+    Goes through an IO binding with every output bound to host memory: the same code runs every
+    provider, and bfloat16 moves in both directions (ONNX Runtime's numpy conversion refuses
+    ml_dtypes bfloat16 arrays, so they travel as uint16 bits labelled with the ONNX type).
+    """
+    import onnxruntime
+
+    inputs = session.get_inputs()
+    if len(arrays) != len(inputs):
+        raise CaseError(
+            f"the model takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), the case gives {len(arrays)}"
+        )
+    binding = session.io_binding()
+    # OrtValues made from numpy borrow the array's memory: keep the arrays alive through the run.
+    keep: list[np.ndarray] = []
+    for meta, array in zip(inputs, arrays):
+        array = np.ascontiguousarray(array)
+        keep.append(array)
+        if dtype_name(array.dtype) == "bfloat16":
+            value = onnxruntime.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), _ONNX_BFLOAT16)
+        else:
+            value = onnxruntime.OrtValue.ortvalue_from_numpy(array)
+        binding.bind_ortvalue_input(meta.name, value)
+    for meta in session.get_outputs():
+        binding.bind_output(meta.name, "cpu")
+    session.run_with_iobinding(binding)
+    binding.synchronize_outputs()
+    return [_ortvalue_to_numpy(value) for value in binding.get_outputs()]
+
+
+def _ortvalue_to_numpy(value: onnxruntime.OrtValue) -> np.ndarray:
+    name = ort_dtype_name(value.data_type())
+    if name == "bfloat16":
+        # OrtValue.numpy() has no numpy type for bfloat16: copy the host bytes out instead.
+        raw = ctypes.string_at(value.data_ptr(), value.tensor_size_in_bytes())
+        return np.frombuffer(raw, dtype=np.uint16).view(numpy_dtype("bfloat16")).reshape(value.shape()).copy()
+    return np.array(value.numpy(), copy=True)
+
+
+def model_opset(model: onnx.ModelProto) -> int | None:
+    """The default-domain opset a model imports."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return None
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor of the model whose data lives in an external file, subgraphs included."""
+    from onnx import AttributeProto, TensorProto
+
+    found: list[TensorProto] = []
+
+    def visit_graph(graph: Any) -> None:
+        tensors = list(graph.initializer)
+        for sparse in graph.sparse_initializer:
+            tensors += [sparse.values, sparse.indices]
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR:
+                    tensors.append(attr.t)
+                elif attr.type == AttributeProto.TENSORS:
+                    tensors.extend(attr.tensors)
+                elif attr.type == AttributeProto.SPARSE_TENSOR:
+                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
+                elif attr.type == AttributeProto.GRAPH:
+                    visit_graph(attr.g)
+                elif attr.type == AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        visit_graph(sub)
+        found.extend(t for t in tensors if t.data_location == TensorProto.EXTERNAL)
+
+    visit_graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            for attr in node.attribute:
+                if attr.type == AttributeProto.TENSOR and attr.t.data_location == TensorProto.EXTERNAL:
+                    found.append(attr.t)
+    return found
+
+
+def check_external_data(model: onnx.ModelProto, folder: str | os.PathLike[str]) -> None:
+    """Refuse a model whose external data would be read from outside ``folder``.
+
+    Every ``location`` must be a relative path that resolves, symbolic links followed, inside the
+    folder; otherwise :class:`UsageError` names the tensor and the path. Models come from
+    elsewhere (ONNX test folders, downloads): a location such as ``../../etc/passwd`` must not
+    make detharness read, and then record, a file that is not part of the model.
+    """
+    root = Path(os.path.realpath(folder))
+    for tensor in _external_tensors(model):
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        name = tensor.name or "<unnamed>"
+        if not location:
+            raise UsageError(f"tensor {name!r} is stored externally but names no location")
+        if os.path.isabs(location) or Path(location).drive:
+            raise UsageError(
+                f"tensor {name!r} reads external data from absolute path {location!r}; only paths inside the model's folder are allowed"
+            )
+        target = Path(os.path.realpath(root / location))
+        if target != root and root not in target.parents:
+            raise UsageError(f"tensor {name!r} reads external data from {location!r}, which leaves the model's folder")
+        if not target.is_file():
+            raise UsageError(f"tensor {name!r} reads external data from {location!r}, which does not exist")
+
+
+def load_model_safely(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX model file and its external data, refusing data from outside its folder.
+
+    Raises :class:`UsageError` (exit 2) for a missing or unreadable file and for any external-data
+    location that is absolute or resolves outside the model's folder (see :func:`check_external_data`).
+    """
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    model_path = Path(path)
+    if not model_path.is_file():
+        raise UsageError(f"ONNX model {str(model_path)!r} does not exist")
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read ONNX model {str(model_path)!r}: {exc}") from exc
+    folder = model_path.resolve().parent
+    check_external_data(model, folder)
+    try:
+        load_external_data_for_model(model, str(folder))
+    except Exception as exc:
+        raise UsageError(f"cannot read the external data of ONNX model {str(model_path)!r}: {exc}") from exc
+    return model
+
+
+def model_bytes(obj: Any) -> tuple[bytes, int | None]:
+    """Serialized bytes and opset for a ``ModelProto``, bytes, or a model file path.
+
+    A ``ModelProto`` that still refers to external data is refused: ONNX Runtime would resolve
+    those locations against the working directory, outside any check. Load it with
+    :func:`load_model_safely`, or return its path.
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        obj = load_model_safely(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        data = bytes(obj)
+        try:
+            import onnx
+        except ImportError:
+            return data, None
+        model = onnx.load_from_string(data)
+    elif type(obj).__name__ == "ModelProto" and hasattr(obj, "SerializeToString"):
+        model = obj
+        data = b""
+    else:
+        raise CaseError(
+            f"an onnxruntime implementation must build an onnx.ModelProto, its bytes or a model path, not {type(obj).__name__}"
+        )
+    external = _external_tensors(model)
+    if external:
+        raise UsageError(
+            f"tensor {external[0].name!r} of the model still refers to external data; load the model with "
+            "detharness.backends.onnxruntime_backend.load_model_safely() or return its path"
+        )
+    return data or model.SerializeToString(), model_opset(model)
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs ONNX models in ONNX Runtime on the CPU provider, or the CUDA provider where present.
+
+    ``devices()`` lists ``cuda`` only when ``CUDAExecutionProvider`` is available. Inputs stay
+    numpy arrays until the call, which moves them into the session (bfloat16 included).
+    """
+
+    name = "onnxruntime"
+    import_name = "onnxruntime"
+    distributions = ("onnxruntime", "onnxruntime-gpu")
+    install_hint = 'pip install "detharness[onnx]" -c ci/pins/cpu.txt'
+    modes = tuple(OPTIMIZATION_LEVELS)
+    default_modes = ("opt:all",)
+    module_modes = tuple(OPTIMIZATION_LEVELS)
+    # ONNX Runtime has no complex tensors (its loader refuses tensor(complex64)).
+    dtypes = tuple(d for d in ALL_DTYPES if not d.startswith("complex"))
+
+    def _load_framework(self) -> None:
+        import onnxruntime  # noqa: F401
+
+    def _read_switches(self) -> dict[str, Any]:
+        return {"onnxruntime.use_deterministic_compute": self._deterministic}
+
+    def _fingerprint(self) -> dict[str, Any]:
+        import onnxruntime
+
+        result: dict[str, Any] = {
+            "onnxruntime.version": onnxruntime.__version__,
+            "onnxruntime.available_providers": onnxruntime.get_available_providers(),
+            "onnxruntime.device": onnxruntime.get_device(),
+        }
+        try:
+            import importlib.metadata
+
+            result["onnx.version"] = importlib.metadata.version("onnx")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        return result
+
+    def _devices(self) -> list[str]:
+        import onnxruntime
+
+        found = ["cpu"]
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            found.append("cuda")
+        return found
+
+    def _supports(self, kind: str, dtype: str, mode: str, is_module: bool | None) -> tuple[bool, str]:
+        return provider_supports(kind, dtype)
+
+    def _to_native(self, array: np.ndarray, device: str) -> Any:
+        # The session copies to the device when it runs; until then inputs stay on the host.
+        return np.ascontiguousarray(array)
+
+    def _seed(self, seed: int) -> None:
+        import onnxruntime
+
+        # The seed of random ops (RandomNormal...) that carry no seed attribute of their own.
+        onnxruntime.set_seed(seed)
+
+    def _prepare(
+        self,
+        obj: Any,
+        *,
+        mode: str,
+        device: str,
+        dtype: str,
+        example_inputs: tuple[Any, ...],
+        is_module: bool,
+    ) -> Any:
+        data, opset = model_bytes(obj)
+        session, info = create_session(
+            data, device=device, level=OPTIMIZATION_LEVELS[mode], deterministic=self._deterministic
+        )
+        inputs = session.get_inputs()
+        if example_inputs and len(example_inputs) != len(inputs):
+            raise CaseError(
+                f"the model takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), "
+                f"the case gives {len(example_inputs)}"
+            )
+        for meta, array in zip(inputs, example_inputs):
+            expected = ort_dtype_name(meta.type)
+            given = dtype_name(np.asarray(array).dtype)
+            if expected is not None and expected != given:
+                # A model has fixed input types; a variant of another dtype cannot feed it.
+                raise UnsupportedVariant(f"the model's input {meta.name!r} is {expected}, not {given}")
+        names = [meta.name for meta in session.get_outputs()]
+        self._run_info = {**info, "onnx.opset": opset, "onnxruntime.inputs": [meta.name for meta in inputs]}
+
+        def call(*arrays: np.ndarray) -> dict[str, np.ndarray]:
+            return dict(zip(names, run_session(session, arrays)))
+
+        return call

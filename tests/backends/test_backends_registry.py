@@ -1,0 +1,197 @@
+"""The registry and the Backend template's shared behaviour (names, outputs, supports, laziness)."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detharness.backends import (
+    BACKENDS,
+    Backend,
+    UnsupportedVariant,
+    available_backends,
+    get_backend,
+    register_backend,
+    split_device,
+)
+from detharness.backends.base import jsonable
+from detharness.errors import BackendError, UsageError
+
+
+class MissingBackend(Backend):
+    """A backend whose framework is not installed anywhere."""
+
+    name = "missingfw"
+    import_name = "detharness_no_such_framework"
+    distributions = ("detharness-no-such-framework",)
+    install_hint = "pip install detharness-no-such-framework"
+
+
+@pytest.fixture
+def missing() -> Iterator[Backend]:
+    backend = register_backend(MissingBackend())
+    yield backend
+    del BACKENDS[backend.name]
+
+
+def test_builtin_backends_are_registered_in_order() -> None:
+    assert list(BACKENDS)[:4] == ["numpy", "torch", "onnxruntime", "jax"]
+    assert available_backends()[:4] == ["numpy", "torch", "onnxruntime", "jax"]
+
+
+def test_unknown_backend_is_a_backend_error_listing_known_names() -> None:
+    with pytest.raises(BackendError) as info:
+        get_backend("tensorflow")
+    assert str(info.value) == "unknown backend 'tensorflow'; known: jax, numpy, onnxruntime, torch"
+    assert isinstance(info.value, ValueError)
+    assert info.value.exit_code == 2
+
+
+def test_missing_framework_degrades_gracefully(missing: Backend) -> None:
+    assert get_backend("missingfw") is missing
+    assert "missingfw" not in available_backends()
+    assert missing.describe() == {
+        "name": "missingfw",
+        "installed": False,
+        "version": None,
+        "install_hint": "pip install detharness-no-such-framework",
+        "modes": ["eager"],
+        "default_modes": ["eager"],
+        "module_modes": [],
+    }
+    assert missing.supports("cpu", "float32", "eager") == (
+        False,
+        "missingfw is not installed (pip install detharness-no-such-framework)",
+    )
+    with pytest.raises(BackendError, match="not installed; install it with: pip install detharness-no-such"):
+        get_backend("missingfw", require_installed=True)
+    with pytest.raises(BackendError, match="not installed"):
+        missing.load()
+
+
+def test_duplicate_registration_names_both_places(missing: Backend) -> None:
+    with pytest.raises(BackendError) as info:
+        register_backend(MissingBackend())
+    message = str(info.value)
+    assert message.startswith("backend 'missingfw' is registered twice: MissingBackend at ")
+    assert message.count("test_backends_registry.py:") == 2
+    replacement = register_backend(MissingBackend(), replace=True)
+    assert get_backend("missingfw") is replacement
+
+
+@pytest.mark.parametrize("name", ["", "a:b", "x[1]", "two words"])
+def test_backend_names_must_fit_in_a_variant_id(name: str) -> None:
+    backend = MissingBackend()
+    backend.name = name
+    with pytest.raises(BackendError, match="must be non-empty"):
+        register_backend(backend)
+
+
+def test_describe_and_is_installed_import_no_framework(in_subprocess: Callable[..., Any]) -> None:
+    found = in_subprocess(
+        """
+        import json, sys
+        from detharness.backends import BACKENDS, available_backends, get_backend
+        described = [b.describe() for b in BACKENDS.values()]
+        installed = [b.is_installed() for b in BACKENDS.values()]
+        available_backends(); get_backend("torch").modes_for(is_module=True)
+        heavy = ("torch", "jax", "jaxlib", "onnxruntime", "onnx", "onnxscript")
+        print(json.dumps({"imported": sorted(m for m in heavy if m in sys.modules),
+                          "installed": installed, "names": [d["name"] for d in described]}))
+        """
+    )
+    assert found == {
+        "imported": [],
+        "installed": [True, True, True, True],
+        "names": ["numpy", "torch", "onnxruntime", "jax"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [("cpu", ("cpu", None)), ("cuda", ("cuda", None)), ("cuda:1", ("cuda", 1))],
+)
+def test_split_device(device: str, expected: tuple[str, int | None]) -> None:
+    assert split_device(device) == expected
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "tpu:0", ""])
+def test_unknown_device_is_a_usage_error(device: str) -> None:
+    with pytest.raises(UsageError, match="unknown device"):
+        split_device(device)
+
+
+Pair = namedtuple("Pair", ["mean", "std"])
+
+
+@pytest.mark.parametrize(
+    ("out", "names", "expected"),
+    [
+        ({"a": 1.0, "b": np.array([2.0])}, None, {"a": [1.0], "b": [2.0]}),
+        (np.float32(3), None, {"y": [3.0]}),
+        ((1.0, 2.0), None, {"y0": [1.0], "y1": [2.0]}),
+        ([1.0, 2.0], ("lo", "hi"), {"lo": [1.0], "hi": [2.0]}),
+        (5.0, ("z",), {"z": [5.0]}),
+        (Pair(1.0, 2.0), None, {"mean": [1.0], "std": [2.0]}),
+        ({"stats": (1.0, 2.0), "m": {"k": 3.0}}, None, {"stats.0": [1.0], "stats.1": [2.0], "m.k": [3.0]}),
+    ],
+    ids=["dict", "single", "tuple", "names", "single-named", "namedtuple", "nested"],
+)
+def test_outputs_are_named(out: Any, names: tuple[str, ...] | None, expected: dict[str, list[Any]]) -> None:
+    got = get_backend("numpy").outputs_to_numpy(out, names=names)
+    assert {k: np.atleast_1d(v).tolist() for k, v in got.items()} == expected
+    assert all(isinstance(v, np.ndarray) for v in got.values())
+
+
+def test_output_names_must_match_the_outputs() -> None:
+    numpy = get_backend("numpy")
+    with pytest.raises(ValueError, match="1 output names for 2 outputs"):
+        numpy.outputs_to_numpy((1.0, 2.0), names=("y",))
+    with pytest.raises(TypeError, match="output 'b' is None"):
+        numpy.outputs_to_numpy({"a": 1.0, "b": None})
+
+
+def test_supports_explains_why_not() -> None:
+    numpy = get_backend("numpy")
+    assert numpy.supports("cpu", "bfloat16", "eager") == (True, "")
+    assert numpy.supports("cuda", "float32", "eager") == (False, "numpy sees no cuda device here")
+    assert numpy.supports("cpu", "float32", "jit") == (False, "numpy has no mode 'jit' (modes: eager)")
+    assert numpy.supports("gpu", "float32", "eager")[0] is False
+    assert get_backend("onnxruntime").supports("cpu", "float32", "opt:all", is_module=False) == (
+        False,
+        "the opt:all mode needs a module builder, and this implementation is a plain function",
+    )
+
+
+def test_prepare_raises_unsupported_variant_with_the_reason() -> None:
+    with pytest.raises(UnsupportedVariant) as info:
+        get_backend("numpy").prepare(lambda x: x, mode="eager", device="cuda", dtype="float32")
+    assert info.value.reason == "numpy sees no cuda device here"
+
+
+def test_modes_for_plain_functions_leave_out_module_modes() -> None:
+    torch = get_backend("torch")
+    assert torch.modes_for(is_module=True) == ("eager", "onnx")
+    assert torch.modes_for(is_module=False) == ("eager",)
+
+
+def test_run_seeds_calls_and_times() -> None:
+    numpy = get_backend("numpy")
+    call = numpy.prepare(lambda x: {"y": x + np.random.random()}, mode="eager", device="cpu", dtype="float64")
+    x = numpy.to_native(np.zeros(2), "cpu")
+    first, seconds = numpy.run(call, [x], device="cpu", seed=7)
+    again, _ = numpy.run(call, [x], device="cpu", seed=7)
+    assert seconds >= 0
+    assert np.array_equal(first["y"], again["y"])
+    with pytest.raises(TypeError, match="seed must be an int"):
+        numpy.seed(1.5)  # type: ignore[arg-type]
+
+
+def test_jsonable_handles_what_fingerprints_hold() -> None:
+    value = {"a": (1, np.int64(2)), "b": float("inf"), "c": float("nan"), "d": np.float32(0.5), "e": None}
+    assert json.loads(json.dumps(jsonable(value))) == {"a": [1, 2], "b": "inf", "c": "nan", "d": 0.5, "e": None}

@@ -1,0 +1,251 @@
+"""The torch backend: transfers, eager and ONNX modes, switches and fingerprint, on real torch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detharness.backends import UnsupportedVariant
+from detharness.backends.torch_backend import TorchBackend
+from detharness.dtypes import ALL_DTYPES, numpy_dtype
+
+pytest.importorskip("torch")
+import torch
+
+
+class TwoHeads(torch.nn.Module):
+    """A small MLP with a dict output, built from parameters as a case's module builder would."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        super().__init__()
+        self.hidden = torch.nn.Linear(8, 16)
+        self.out = torch.nn.Linear(16, 4)
+        with torch.no_grad():
+            self.hidden.weight.copy_(params["w1"])
+            self.hidden.bias.copy_(params["b1"])
+            self.out.weight.copy_(params["w2"])
+            self.out.bias.copy_(params["b2"])
+
+    def forward(self, x: Any) -> dict[str, Any]:
+        h = torch.nn.functional.gelu(self.hidden(x))
+        logits = self.out(h)
+        return {"logits": logits, "probs": torch.softmax(logits, -1)}
+
+
+@pytest.fixture(scope="module")
+def backend() -> TorchBackend:
+    b = TorchBackend()
+    b.apply_switches(deterministic=False)
+    return b
+
+
+def params(b: TorchBackend) -> dict[str, Any]:
+    rng = np.random.default_rng(1)
+    return {
+        "w1": b.to_native(rng.standard_normal((16, 8)).astype("float32") * 0.3),
+        "w2": b.to_native(rng.standard_normal((4, 16)).astype("float32") * 0.3),
+        "b1": b.to_native(rng.standard_normal(16).astype("float32") * 0.1),
+        "b2": b.to_native(rng.standard_normal(4).astype("float32") * 0.1),
+    }
+
+
+@pytest.mark.parametrize("name", ALL_DTYPES)
+def test_round_trip_is_bit_exact(backend: TorchBackend, name: str, sample: Callable[..., np.ndarray]) -> None:
+    array = sample(name)
+    native = backend.to_native(array, "cpu")
+    assert isinstance(native, torch.Tensor)
+    assert str(native.dtype) == f"torch.{name}"
+    back = backend.to_numpy(native)
+    assert back.dtype == array.dtype
+    assert back.tobytes() == array.tobytes()
+
+
+def test_every_bfloat16_and_float16_bit_pattern_survives(backend: TorchBackend) -> None:
+    bits = np.arange(2**16, dtype=np.uint16)
+    for name in ("bfloat16", "float16"):
+        back = backend.to_numpy(backend.to_native(bits.view(numpy_dtype(name))))
+        assert np.array_equal(back.view(np.uint16), bits), name
+
+
+def test_inputs_are_copies(backend: TorchBackend) -> None:
+    array = np.zeros(3, dtype="float32")
+    native = backend.to_native(array)
+    native += 1
+    assert array.tolist() == [0.0, 0.0, 0.0]
+
+
+def test_plain_function_in_eager_mode(backend: TorchBackend) -> None:
+    call = backend.prepare(lambda x: {"y": torch.tanh(x)}, mode="eager", device="cpu", dtype="float32")
+    x = backend.to_native(np.linspace(-2, 2, 5, dtype="float32"))
+    out, _ = backend.run(call, [x], device="cpu", seed=0)
+    assert out["y"].is_inference()
+    np.testing.assert_array_equal(backend.outputs_to_numpy(out)["y"], np.tanh(np.linspace(-2, 2, 5, dtype="float32")))
+    assert backend.run_info() == {"torch.mode": "eager", "torch.device": "cpu", "torch.inference_mode": True}
+
+
+def eager_and_onnx(
+    backend: TorchBackend, mode: str, dtype: str = "float32"
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    x = backend.to_native(np.random.default_rng(2).standard_normal((5, 8)).astype(dtype))
+    results = []
+    for m in ("eager", mode):
+        module = TwoHeads(params(backend))
+        call = backend.prepare(module, mode=m, device="cpu", dtype=dtype, example_inputs=[x], is_module=True)
+        out, _ = backend.run(call, [x], device="cpu", seed=0)
+        results.append(backend.outputs_to_numpy(out))
+    return results[0], results[1]
+
+
+@pytest.mark.parametrize(("mode", "exporter"), [("onnx", "dynamo"), ("onnx:torchscript", "torchscript")])
+def test_module_through_onnx_matches_eager(backend: TorchBackend, mode: str, exporter: str) -> None:
+    eager, onnx = eager_and_onnx(backend, mode)
+    assert list(onnx) == ["logits", "probs"]
+    for name in eager:
+        assert onnx[name].dtype == np.float32
+        np.testing.assert_allclose(onnx[name], eager[name], rtol=1e-5, atol=1e-6)
+    info = backend.run_info()
+    assert info["torch.onnx.exporter"] == exporter
+    assert info["torch.mode"] == mode
+    assert isinstance(info["onnx.opset"], int) and info["onnx.opset"] >= 17
+    assert info["onnxruntime.providers"] == ["CPUExecutionProvider"]
+    assert info["onnxruntime.graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert info["onnxruntime.use_deterministic_compute"] is False
+    json.dumps(info)
+
+
+def test_float16_module_through_onnx(backend: TorchBackend) -> None:
+    eager, onnx = eager_and_onnx(backend, "onnx:torchscript", dtype="float16")
+    assert onnx["logits"].dtype == np.float16
+    np.testing.assert_allclose(onnx["logits"].astype("float32"), eager["logits"].astype("float32"), atol=1e-2)
+
+
+def test_onnx_mode_supports_and_refuses_truthfully(backend: TorchBackend) -> None:
+    assert backend.supports("cpu", "float32", "onnx", is_module=True) == (True, "")
+    assert backend.supports("cpu", "bfloat16", "onnx", is_module=True) == (
+        False,
+        "onnxruntime's CPU provider has no bfloat16 kernel for Add",
+    )
+    assert backend.supports("cpu", "complex64", "onnx", is_module=True) == (False, "onnxruntime has no complex tensors")
+    assert backend.supports("cpu", "float32", "onnx", is_module=False) == (
+        False,
+        "the onnx mode needs a module builder, and this implementation is a plain function",
+    )
+    if not torch.cuda.is_available():
+        assert backend.supports("cuda", "float32", "eager") == (False, "torch sees no cuda device here")
+
+
+def test_onnx_mode_reports_a_missing_kernel_as_unsupported(backend: TorchBackend) -> None:
+    conv = torch.nn.Conv2d(2, 3, 3)
+    x = backend.to_native(np.ones((1, 2, 5, 5), dtype="float64"))
+    with pytest.raises(UnsupportedVariant) as info:
+        backend.prepare(
+            conv, mode="onnx:torchscript", device="cpu", dtype="float64", example_inputs=[x], is_module=True
+        )
+    assert info.value.reason == "onnxruntime's CPU provider has no kernel for Conv(11) at this model's dtype"
+
+
+def test_onnx_mode_needs_a_module(backend: TorchBackend) -> None:
+    with pytest.raises(UnsupportedVariant, match="exports a torch.nn.Module; the builder returned function"):
+        backend.prepare(lambda x: x, mode="onnx", device="cpu", dtype="float32", is_module=True)
+
+
+def test_eager_module_is_cast_to_the_variant_dtype(backend: TorchBackend) -> None:
+    x = backend.to_native(np.ones((2, 8), dtype="float64"))
+    call = backend.prepare(
+        TwoHeads(params(backend)), mode="eager", device="cpu", dtype="float64", example_inputs=[x], is_module=True
+    )
+    out = backend.outputs_to_numpy(call(x))
+    assert out["probs"].dtype == np.float64
+
+
+def test_seed_makes_torch_random_repeat(backend: TorchBackend) -> None:
+    call = backend.prepare(lambda: torch.randn(3), mode="eager", device="cpu", dtype="float32")
+    first, _ = backend.run(call, [], device="cpu", seed=0)
+    second, _ = backend.run(call, [], device="cpu", seed=0)
+    assert backend.to_numpy(first).tolist() == backend.to_numpy(second).tolist()
+    # The stream the project's notes quote for seed 0.
+    np.testing.assert_allclose(backend.to_numpy(first), [1.5410, -0.2934, -2.1788], atol=1e-4)
+
+
+def test_fingerprint_keys_are_present_and_serializable(backend: TorchBackend) -> None:
+    fp = backend.fingerprint()
+    for key in (
+        "torch.version",
+        "torch.git_version",
+        "torch.cpu_capability",
+        "torch.num_threads",
+        "torch.cuda.version",
+        "torch.cudnn.version",
+        "torch.mkldnn.available",
+        "torch.mkldnn.version",
+    ):
+        assert key in fp, key
+    assert fp["torch.version"] == torch.__version__
+    assert fp["torch.cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert json.loads(json.dumps(fp)) == fp
+    if torch.cuda.is_available():
+        assert {"gpu.name", "gpu.capability", "gpu.sm_count", "gpu.memory"} <= set(fp)
+
+
+def test_switches_are_recorded_without_changing_defaults(backend: TorchBackend) -> None:
+    switches = backend.switches()
+    assert switches["torch.deterministic_algorithms"] is torch.are_deterministic_algorithms_enabled() is False
+    assert switches["torch.num_threads"] == torch.get_num_threads()
+    json.dumps(switches)
+
+
+def test_apply_switches_deterministic_flips_torch_flags(in_subprocess: Callable[..., Any]) -> None:
+    found = in_subprocess(
+        """
+        import json, os, torch
+        from detharness.backends import get_backend
+        b = get_backend("torch")
+        before = b.apply_switches(deterministic=False)
+        after = b.apply_switches(deterministic=True)
+        print(json.dumps({"before": before, "after": after, "flag": torch.are_deterministic_algorithms_enabled(),
+                          "env": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}))
+        """,
+        env={"CUBLAS_WORKSPACE_CONFIG": ""},
+    )
+    assert found["env"] == ":4096:8"
+    before, after = found["before"], found["after"]
+    assert before["torch.deterministic_algorithms"] is False
+    assert found["flag"] is True
+    assert after["torch.deterministic_algorithms"] is True
+    assert after["torch.cudnn.deterministic"] is True
+    assert after["torch.cudnn.benchmark"] is False
+    assert after["torch.cuda.matmul.allow_tf32"] is False
+    assert after["torch.cudnn.allow_tf32"] is False
+    assert after["torch.float32_matmul_precision"] == "highest"
+    assert after["torch.cudnn.conv.fp32_precision"] == "ieee"
+    assert after["torch.num_threads"] >= 1
+
+
+def test_apply_switches_sets_cublas_workspace_config_when_unset(in_subprocess: Callable[..., Any]) -> None:
+    code = """
+        import json
+        from detharness.backends import get_backend
+        print(json.dumps(get_backend("torch").apply_switches(deterministic=True)["torch.cublas_workspace_config"]))
+        """
+    assert in_subprocess(code, unset=("CUBLAS_WORKSPACE_CONFIG",)) == ":4096:8"
+    # A value the user set is kept.
+    assert in_subprocess(code, env={"CUBLAS_WORKSPACE_CONFIG": ":16:8"}) == ":16:8"
+
+
+def test_cpu_capability_records_what_torch_really_uses(
+    in_subprocess: Callable[..., Any], backend: TorchBackend
+) -> None:
+    code = """
+        import json
+        from detharness.backends import get_backend
+        print(json.dumps(get_backend("torch").fingerprint()["torch.cpu_capability"]))
+        """
+    forced = in_subprocess(code, env={"ATEN_CPU_CAPABILITY": "default"})
+    assert forced == "DEFAULT"
+    normal = backend.fingerprint()["torch.cpu_capability"]
+    if normal != "DEFAULT":
+        assert forced != normal
