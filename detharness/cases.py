@@ -39,12 +39,6 @@ import numpy as np
 
 from detharness.errors import CaseError
 
-DEFAULT_MODES: dict[str, tuple[str, ...]] = {
-    "numpy": ("eager",),
-    "torch": ("eager",),
-    "onnxruntime": ("eager",),
-    "jax": ("jit",),
-}
 _CASE_ID = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
 _IMPL_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
@@ -184,11 +178,12 @@ class Case:
         backend: str,
         reference: bool = False,
         dtypes: Sequence[str] = ("float32",),
-        devices: Sequence[str] = ("cpu", "cuda"),
+        devices: Sequence[str] | None = None,
         modes: Sequence[str] | None = None,
         module: bool = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Add an implementation. ``module=True`` marks a builder: ``build(params)`` returns a
+        """Add an implementation. ``devices`` defaults to the CPU and, except for numpy, CUDA (which
+        is skipped with a reason where no GPU is seen). ``module=True`` marks a builder: ``build(params)`` returns a
         torch module, a jax callable or an ONNX model, which the backend then calls with the inputs
         (so the torch ``onnx`` mode can export it)."""
 
@@ -207,8 +202,8 @@ class Case:
                 backend=backend,
                 fn=fn,
                 dtypes=tuple(dtypes),
-                devices=tuple(devices),
-                modes=tuple(modes) if modes else DEFAULT_MODES.get(backend, ("eager",)),
+                devices=tuple(devices) if devices else _default_devices(backend),
+                modes=tuple(modes) if modes else _default_modes(backend, module),
                 reference=reference,
                 module=module,
                 location=_where(fn),
@@ -306,6 +301,18 @@ class Case:
         }
 
 
+def _default_devices(backend: str) -> tuple[str, ...]:
+    # numpy only ever runs on the CPU; every other backend may find a GPU on some runner.
+    return ("cpu",) if backend == "numpy" else ("cpu", "cuda")
+
+
+def _default_modes(backend: str, module: bool) -> tuple[str, ...]:
+    from detharness.backends import BACKENDS  # imports no framework
+
+    known = BACKENDS.get(backend)
+    return known.modes_for(module) if known is not None else ("eager",)
+
+
 def _source(fn: Callable[..., Any] | None) -> str | None:
     if fn is None:
         return None
@@ -385,7 +392,8 @@ default_registry = Registry()
 
 
 def _current_registry() -> Registry:
-    return getattr(_state, "registry", None) or default_registry
+    current = getattr(_state, "registry", None)
+    return default_registry if current is None else current
 
 
 @contextmanager

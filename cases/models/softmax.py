@@ -13,7 +13,10 @@ c = case(
     tags={"model"},
     description="softmax over the last axis of 256 x 512 logits",
     inputs=lambda rng: {"x": (rng.standard_normal((256, 512)) * 3).astype("float32")},
-    tolerance={"float32": "ulp(8)", "float16": "close(2e-3, 1e-5)", "bfloat16": "close(1.6e-2, 1e-4)"},
+    # exp(z) turns the rounding of z = x - max into a relative error of |z| ulp; |z| reaches ~20
+    # here, so float32 lands up to ~22 ulp from float64 (torch, jax and onnxruntime alike).
+    # Half precision is judged against the output's scale, its largest value.
+    tolerance={"float32": "ulp(32)", "float16": "scaled(2e-3)", "bfloat16": "scaled(1.6e-2)"},
 )
 
 

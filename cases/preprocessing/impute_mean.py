@@ -20,7 +20,8 @@ c = case(
     tags={"preprocessing"},
     description="replace NaN by the column mean of the present values",
     inputs=_with_missing,
-    tolerance={"float32": "ulp(8)"},
+    # The present values are copied bit for bit; the imputed means are float32 sums of ~1,800 values.
+    tolerance={"float32": "ulp(4) | scaled(2e-7)"},
 )
 
 

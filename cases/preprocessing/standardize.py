@@ -11,7 +11,9 @@ c = case(
     tags={"preprocessing"},
     description="(x - mean) / std over 4096 rows of 32 features with offset and scale",
     inputs=lambda rng: {"x": (rng.standard_normal((4096, 32)) * 10 + 3).astype("float32")},
-    tolerance={"float32": "ulp(16)", "float16": "close(4e-3, 1e-3)", "bfloat16": "close(3e-2, 1e-2)"},
+    # Standardized values cross zero, where ULP counts explode (600,000 ulp for float32 numpy against
+    # float64): the error relative to the output's scale is the judge, ~7.6e-7 at worst here.
+    tolerance={"float32": "scaled(2e-6)", "float16": "close(4e-3, 1e-3)", "bfloat16": "close(3e-2, 1e-2)"},
 )
 
 

@@ -1,0 +1,3 @@
+from detharness.cli import main
+
+raise SystemExit(main())

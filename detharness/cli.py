@@ -1,0 +1,269 @@
+"""The ``detharness`` command: list, env, run, compare.
+
+Exit codes: 0 nothing in ``--fail-on`` happened; 1 something did; 2 bad usage or unusable input
+(one line on stderr, no traceback); 3 an internal error (a bug in detharness).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from detharness import __version__
+from detharness.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DetHarnessError, UsageError
+
+TRUST_NOTE = "runs the Python code in the case files it is given: only point it at code you trust"
+STATUSES = ("identical", "close", "known", "skipped", "missing", "diverged", "mismatch", "error")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _comma_list(values: list[str] | None) -> list[str]:
+    return [item for value in values or [] for item in value.split(",") if item]
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cases", action="append", default=[], metavar="PATH",
+                   help=f"Case file or folder (repeatable; default: the built-in library); {TRUST_NOTE}")
+    p.add_argument("-k", dest="keyword", metavar="EXPR",
+                   help="Only variants matching a pytest-style expression over ids and tags")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="Only cases with this tag (repeatable)")
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", choices=("text", "md", "json"), default="text", help="Format of what goes to stdout")
+    p.add_argument("--report", action="append", default=[], metavar="FILE",
+                   help="Also write a report in the format its extension names (.md, .json, .txt)")
+    p.add_argument("--fail-on", default="diverged,mismatch,error", metavar="STATUS,...",
+                   help="Statuses that make the exit code 1 (default: diverged,mismatch,error)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="detharness", description="Find where the same computation gives different numbers "
+                     "across backends, devices, library versions and serialization round trips.")
+    parser.add_argument("--version", action="version", version=f"detharness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="List cases and their variants (imports no framework)")
+    _add_selection(p)
+    p.add_argument("--json", action="store_true", help="Print JSON")
+
+    p = sub.add_parser("env", help="Print this machine's environment fingerprint")
+    p.add_argument("--json", action="store_true", help="Print JSON")
+    p.add_argument("--backend", action="append", default=[], metavar="NAME",
+                   help="Also load these backends for their keys (default: every installed one)")
+
+    p = sub.add_parser("run", help=f"Run cases on every backend and device found here; {TRUST_NOTE}")
+    _add_selection(p)
+    p.add_argument("--backend", action="append", default=[], metavar="NAME", help="Only this backend (repeatable)")
+    p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="Devices to run on (default: all)")
+    p.add_argument("--check", action="append", default=[], metavar="KIND",
+                   help="Checks to run: backend, device, repeat (repeatable or comma-separated; default: all)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="Run each variant N times and flag any change")
+    p.add_argument("--deterministic", action="store_true", help="Set every framework's determinism switches")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="Time limit per variant")
+    p.add_argument("--inputs-from", metavar="BUNDLE", help="Replay a baseline bundle's stored inputs")
+    p.add_argument("--out", metavar="DIR", help="Write the bundle here")
+    p.add_argument("--in-process", action="store_true", help="Run everything in this process (for debugging)")
+    _add_output(p)
+
+    p = sub.add_parser("compare", help="Compare bundles from different environments")
+    p.add_argument("baseline", metavar="BASELINE")
+    p.add_argument("candidates", nargs="+", metavar="CANDIDATE")
+    p.add_argument("--match-device", choices=("same", "any"), default="same",
+                   help="Pair variants by id (same) or by everything but the device (any)")
+    p.add_argument("-k", dest="keyword", metavar="EXPR", help="Only variants matching this expression")
+    _add_output(p)
+    return parser
+
+
+def _fail_on(text: str) -> list[str]:
+    statuses = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise UsageError(f"--fail-on: unknown status {unknown[0]!r}; choose from {', '.join(STATUSES)}")
+    return statuses
+
+
+def _progress(stream: TextIO) -> Callable[[int, int, str], None] | None:
+    """A one-line progress display on a terminal; nothing in CI or when piped."""
+    if not stream.isatty() or os.environ.get("CI"):
+        return None
+
+    def show(done: int, total: int, current: str) -> None:
+        width = 24
+        filled = int(width * done / max(total, 1))
+        text = f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {current}"[:120]
+        stream.write(text.ljust(121) if done < total else "\r" + " " * 121 + "\r")
+        stream.flush()
+
+    return show
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    from tabulate import tabulate
+
+    from detharness.backends import BACKENDS
+    from detharness.bundle import json_dumps
+    from detharness.cases import discover
+    from detharness.runner import RunOptions, select_variants
+
+    registry = discover(args.cases or None)
+    variants = select_variants(registry, RunOptions(case_paths=args.cases, keyword=args.keyword, tags=args.tag))
+    backends = {name: b.describe() for name, b in BACKENDS.items()}
+    if args.json:
+        chosen = {v.case.id for v in variants}
+        cases = [dict(c.describe(), variants=[v.id for v in variants if v.case is c]) for c in registry if c.id in chosen]
+        out.write(json_dumps({"cases": cases, "backends": backends}, indent=2) + "\n")
+        return EXIT_OK
+    rows = []
+    for v in variants:
+        b = backends.get(v.impl.backend)
+        note = "" if b is None or b["installed"] else f"unavailable: {b['install_hint']}"
+        rows.append([v.id, ",".join(sorted(v.case.tags)), "reference" if v.impl.reference else "", note])
+    out.write(tabulate(rows, headers=["variant", "tags", "", "note"], tablefmt="simple") + "\n")
+    unavailable = [f"{n} ({b['install_hint']})" for n, b in backends.items() if not b["installed"]]
+    out.write(f"\n{len({v.case.id for v in variants})} cases, {len(variants)} variants")
+    out.write(f"; unavailable backends: {', '.join(unavailable)}\n" if unavailable else "\n")
+    return EXIT_OK
+
+
+def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
+    from detharness import environment
+    from detharness.backends import BACKENDS, get_backend
+    from detharness.bundle import json_dumps
+    from detharness.runner import _load_backend
+
+    fp = environment.fingerprint()
+    names = args.backend or [n for n, b in BACKENDS.items() if b.is_installed()]
+    for name in names:
+        backend = get_backend(name)
+        if not backend.is_installed():
+            raise UsageError(f"backend {name!r} is not installed: {backend.install_hint}")
+        fp = environment.merge(fp, _load_backend(name, deterministic=False)[1]["fingerprint"])
+    fp = dict(sorted(fp.items()))
+    if args.json:
+        out.write(json_dumps({"id": environment.environment_id(fp), "fingerprint": fp}, indent=2) + "\n")
+    else:
+        out.write(environment.format_fingerprint(fp) + f"\nid: {environment.environment_id(fp)}\n")
+    return EXIT_OK
+
+
+def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None:
+    from detharness import report as report_mod
+
+    for path in args.report:
+        report_mod.format_for_path(path)  # a bad extension is a usage error before anything is written
+    out.write(report_mod.render(report, args.format))
+    for path in args.report:
+        report_mod.write(report, path)
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
+    from detharness import checks, record as record_mod, report as report_mod
+    from detharness.runner import RunOptions, run
+
+    fail_on = _fail_on(args.fail_on)
+    wanted = _comma_list(args.check) or list(checks.RUN_CHECKS)
+    unknown = [c for c in wanted if c not in checks.RUN_CHECKS]
+    if unknown:
+        raise UsageError(f"--check {unknown[0]!r}: choose from {', '.join(checks.RUN_CHECKS)} "
+                         "(environment checks run with `detharness compare`)")
+    for path in args.report:
+        report_mod.format_for_path(path)
+    if args.out and os.path.exists(os.path.join(args.out, "manifest.json")):
+        raise UsageError(f"--out {args.out}: a bundle is already there; choose a new folder")
+    replay = record_mod.load(args.inputs_from) if args.inputs_from else None
+    start = time.perf_counter()
+    options = RunOptions(case_paths=args.cases, keyword=args.keyword, tags=args.tag, backends=_comma_list(args.backend),
+                         device=args.device, repeat=args.repeat, deterministic=args.deterministic, timeout=args.timeout,
+                         inputs_from=replay, in_process=args.in_process, progress=_progress(sys.stderr))
+    record = run(options)
+    results = checks.run_checks(record, wanted)
+    record.verdicts = results
+    if args.out:
+        record_mod.save(record, args.out)
+    report = report_mod.build(results, {record.environment_id: record.environment}, title="detharness run",
+                              seconds=time.perf_counter() - start,
+                              extra={"bundle": args.out, "variants": _variant_summary(record)})
+    _emit(report, args, out)
+    return EXIT_FAILED if checks.failed(results, fail_on) else EXIT_OK
+
+
+def _variant_summary(record: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in record.variants.values():
+        counts[v.status] = counts.get(v.status, 0) + 1
+    return counts
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
+    from detharness import checks, record as record_mod, report as report_mod
+
+    fail_on = _fail_on(args.fail_on)
+    for path in args.report:
+        report_mod.format_for_path(path)
+    start = time.perf_counter()
+    baseline = record_mod.load(args.baseline)
+    candidates = [record_mod.load(path) for path in args.candidates]
+    results: list[dict[str, Any]] = []
+    for candidate in candidates:
+        results += checks.environment_check(baseline, candidate, match_device=args.match_device, keyword=args.keyword)
+    environments = {r.environment_id: r.environment for r in [baseline, *candidates]}
+    extra: dict[str, Any] = {"bundles": [args.baseline, *args.candidates]}
+    if len(candidates) > 1:
+        extra["matrix"] = _matrix(baseline, candidates, results)
+    report = report_mod.build(results, environments, title="detharness compare",
+                              seconds=time.perf_counter() - start, extra=extra)
+    _emit(report, args, out)
+    return EXIT_FAILED if checks.failed(results, fail_on) else EXIT_OK
+
+
+def _matrix(baseline: Any, candidates: list[Any], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """case x environment: the worst status of each case in each candidate against the baseline."""
+    from detharness.compare import Status
+
+    envs = [c.environment_id for c in candidates]
+    cells: dict[str, dict[str, str]] = {}
+    for r in results:
+        env = (r.get("candidate") or r.get("baseline") or "").split(":", 1)[0]
+        full = next((e for e in envs if e.startswith(env)), env)
+        row = cells.setdefault(r["case"], {})
+        current = row.get(full)
+        if current is None or Status(r["status"]).severity > Status(current).severity:
+            row[full] = r["status"]
+    return {"baseline": baseline.environment_id, "environments": envs, "cases": cells}
+
+
+COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    try:
+        args = build_parser().parse_args(list(argv) if argv is not None else None)
+        return COMMANDS[args.command](args, out)
+    except DetHarnessError as exc:
+        sys.stderr.write(f"detharness: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("detharness: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception:  # a bug in detharness: keep the traceback, it is what a bug report needs
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.write(f"detharness: internal error (please report it with the command: "
+                         f"{shlex.join(sys.argv)})\n")
+        return EXIT_INTERNAL
+

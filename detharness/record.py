@@ -1,0 +1,226 @@
+"""The record of one run in one environment, in memory, and its form in a bundle's manifest.
+
+The runner builds a :class:`RunRecord` from fresh results; :func:`load` builds the same object from
+a bundle, with arrays read on first use. Checks work on ``RunRecord`` alone, so comparing a fresh
+run and comparing two stored bundles are one code path.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detharness import __version__
+from detharness.bundle import Bundle, BundleWriter
+from detharness.cases import KnownDivergence
+from detharness.errors import BundleError
+
+
+class LazyArrays(Mapping[str, np.ndarray]):
+    """Named arrays read from a bundle only when asked for (a compare touches one pair at a time)."""
+
+    def __init__(self, refs: Mapping[str, Mapping[str, Any]], read: Callable[[Mapping[str, Any]], np.ndarray]) -> None:
+        self.refs = dict(refs)
+        self._read = read
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = self._read(self.refs[name])
+        return self._cache[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.refs)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+
+@dataclass
+class CaseRecord:
+    id: str
+    fingerprint: str
+    tags: list[str] = field(default_factory=list)
+    inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    params: Mapping[str, np.ndarray] = field(default_factory=dict)
+    reference: str | None = None
+    reference_variant: str | None = None
+    reference_outputs: Mapping[str, np.ndarray] | None = None
+    known: list[KnownDivergence] = field(default_factory=list)
+    location: str = ""
+    inputs_digest: str = ""
+
+    def known_for(self, variant: str, check: str, environment: Mapping[str, Any]) -> KnownDivergence | None:
+        return next((k for k in self.known if k.applies(variant, check, environment)), None)
+
+
+@dataclass
+class VariantRecord:
+    id: str
+    case: str
+    impl: str
+    backend: str
+    device: str
+    dtype: str
+    mode: str
+    status: str  # "ok", "error" or "skipped"
+    reference: bool = False
+    error: str | None = None
+    seconds: float | None = None
+    outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    tolerances: dict[str, str | None] = field(default_factory=dict)
+    distinct_results: int | None = None
+    repeat_outputs: Mapping[str, np.ndarray] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunRecord:
+    environment: dict[str, Any]
+    environment_id: str
+    cases: dict[str, CaseRecord] = field(default_factory=dict)
+    variants: dict[str, VariantRecord] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    path: str | None = None
+    label: str = ""
+
+
+def digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
+    """A digest of named arrays: names, dtypes, shapes and bytes. Equal digests mean equal inputs."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
+def variant_manifest(v: VariantRecord, put: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "case": v.case, "impl": v.impl, "backend": v.backend, "device": v.device, "dtype": v.dtype, "mode": v.mode,
+        "reference": v.reference, "status": v.status, "error": v.error, "seconds": v.seconds,
+        "outputs": {name: put(np.asarray(arr)) for name, arr in v.outputs.items()},
+        "tolerances": v.tolerances, "distinct_results": v.distinct_results, "info": v.info,
+    }
+    if v.repeat_outputs is not None:
+        entry["repeat_outputs"] = {name: put(np.asarray(arr)) for name, arr in v.repeat_outputs.items()}
+    return entry
+
+
+def case_manifest(c: CaseRecord, put: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "fingerprint": c.fingerprint, "tags": c.tags, "location": c.location, "reference": c.reference,
+        "reference_variant": c.reference_variant,
+        "inputs": {n: put(a) for n, a in c.inputs.items()},
+        "params": {n: put(a) for n, a in c.params.items()},
+        "inputs_digest": c.inputs_digest,
+        "known": [k.to_json() for k in c.known],
+    }
+    if c.reference_outputs is not None:
+        entry["reference_outputs"] = {n: put(a) for n, a in c.reference_outputs.items()}
+    return entry
+
+
+def manifest_of(record: RunRecord, put: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "tool": "detharness",
+        "version": __version__,
+        "created": record.created,
+        "environment": record.environment,
+        "environment_id": record.environment_id,
+        "options": record.options,
+        "cases": {cid: case_manifest(c, put) for cid, c in record.cases.items()},
+        "variants": {vid: variant_manifest(v, put) for vid, v in record.variants.items()},
+        "verdicts": record.verdicts,
+    }
+
+
+def save(record: RunRecord, path: str | Path) -> Path:
+    """Write ``record`` as a bundle at ``path``; the manifest is written last, atomically."""
+    writer = BundleWriter(path)
+    writer.write_manifest(manifest_of(record, writer.put_array))
+    record.path = str(path)
+    return Path(path)
+
+
+def _known_from_json(items: list[dict[str, Any]]) -> list[KnownDivergence]:
+    return [KnownDivergence(reason=k["reason"], variants=k.get("variants", "*"), checks=tuple(k.get("checks", ())),
+                            when=dict(k.get("when", {}))) for k in items]
+
+
+def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[str, Any]], np.ndarray],
+                         where: str) -> RunRecord:
+    try:
+        cases = {
+            cid: CaseRecord(
+                id=cid, fingerprint=c["fingerprint"], tags=list(c.get("tags", [])), location=c.get("location", ""),
+                inputs=LazyArrays(c.get("inputs", {}), read), params=LazyArrays(c.get("params", {}), read),
+                reference=c.get("reference"), reference_variant=c.get("reference_variant"),
+                reference_outputs=LazyArrays(c["reference_outputs"], read) if "reference_outputs" in c else None,
+                known=_known_from_json(c.get("known", [])), inputs_digest=c.get("inputs_digest", ""),
+            )
+            for cid, c in manifest["cases"].items()
+        }
+        variants = {
+            vid: VariantRecord(
+                id=vid, case=v["case"], impl=v["impl"], backend=v["backend"], device=v["device"], dtype=v["dtype"],
+                mode=v["mode"], status=v["status"], reference=v.get("reference", False), error=v.get("error"),
+                seconds=v.get("seconds"), outputs=LazyArrays(v.get("outputs", {}), read),
+                tolerances=dict(v.get("tolerances", {})), distinct_results=v.get("distinct_results"),
+                repeat_outputs=LazyArrays(v["repeat_outputs"], read) if v.get("repeat_outputs") else None,
+                info=dict(v.get("info", {})),
+            )
+            for vid, v in manifest["variants"].items()
+        }
+        return RunRecord(
+            environment=dict(manifest["environment"]), environment_id=manifest["environment_id"], cases=cases,
+            variants=variants, options=dict(manifest.get("options", {})), created=manifest.get("created", ""),
+            verdicts=list(manifest.get("verdicts", [])), path=where,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise BundleError(f"{where}: manifest is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def load(path: str | Path) -> RunRecord:
+    """Open and verify a bundle (every array's path, size and hash) and return its record."""
+    bundle = Bundle.open(path)
+    return record_from_manifest(bundle.manifest, bundle.array, str(path))
+
+
+def save_part(record: RunRecord, path: str | Path, part_name: str) -> None:
+    """Write this writer's share of a bundle (one pytest-xdist worker, say) as its own part.
+
+    Parts never overwrite each other; :func:`merge_parts` later writes the manifest from all of them.
+    """
+    writer = BundleWriter(path, part_name=part_name)
+    writer.write_part(part_name, manifest_of(record, writer.put_array))
+
+
+def merge_parts(path: str | Path) -> Path:
+    """Merge every part under ``path`` into one manifest, written last and atomically."""
+    writer = BundleWriter(path)
+    parts = writer.read_parts()
+    if not parts:
+        raise BundleError(f"{path}: no parts to merge")
+    merged: dict[str, Any] = {key: value for key, value in parts[0].items() if key not in ("cases", "variants", "verdicts")}
+    merged.update(cases={}, variants={}, verdicts=[])
+    environment: dict[str, Any] = {}
+    for part in parts:
+        environment.update(part.get("environment", {}))
+        merged["cases"].update(part.get("cases", {}))
+        merged["variants"].update(part.get("variants", {}))
+        merged["verdicts"].extend(part.get("verdicts", []))
+    merged["environment"] = dict(sorted(environment.items()))
+    from detharness import environment as env_mod
+
+    merged["environment_id"] = env_mod.environment_id(merged["environment"])
+    writer.write_manifest(merged)
+    return Path(path)

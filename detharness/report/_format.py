@@ -1,0 +1,53 @@
+"""Number formatting shared by the text and markdown reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def number(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if value == 0:
+        return "0"
+    return f"{value:.3g}"
+
+
+def headline(message: str | None) -> str:
+    return (message or "").strip().splitlines()[0] if message else ""
+
+
+def summary_line(report: Mapping[str, Any]) -> str:
+    counts = report["summary"]
+    parts = [f"{n} {status}" for status, n in counts.items()] or ["nothing compared"]
+    line = ", ".join(parts)
+    if report.get("seconds") is not None:
+        line += f" in {report['seconds']:.1f}s"
+    return line
+
+
+def env_diff_text(diff: Mapping[str, Any] | None, limit: int = 4) -> str:
+    if not diff:
+        return ""
+    items = [f"{k}: {v[0]} -> {v[1]}" for k, v in list(diff.items())[:limit]]
+    if len(diff) > limit:
+        items.append(f"(+{len(diff) - limit} more)")
+    return "; ".join(items)
+
+
+def skipped_reasons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
+    """Skipped results grouped by reason, most frequent first: fifty "no cuda device" rows on a
+    CPU runner say one thing, so the reports say it once."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r["status"] == "skipped":
+            reason = headline(r.get("message")) or "skipped"
+            counts[reason] = counts.get(reason, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))

@@ -1,0 +1,12 @@
+"""JSON report: DESIGN.md's schema, with non-finite numbers written as strings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from detharness.bundle import json_dumps
+
+
+def render(report: Mapping[str, Any]) -> str:
+    return json_dumps(report, indent=2) + "\n"

@@ -1,0 +1,383 @@
+"""Expand variants and execute them: in one worker process per backend, or in this process.
+
+Each worker imports its framework once and runs every variant of its backend. A crash, a hang past
+``--timeout`` or an out-of-memory kill costs one variant: it is recorded as ``error`` with the
+reason, the worker is restarted and the remaining variants go on. Workers of different backends run
+side by side (the parent only waits on pipes), so torch's and jax's start-up costs overlap.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import multiprocessing.connection
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from detharness import environment as env_mod
+from detharness.backends import Backend, UnsupportedVariant, get_backend
+from detharness.cases import Case, Registry, Variant, discover, display_path
+from detharness.dtypes import cast_floats
+from detharness.errors import BackendError, UsageError
+from detharness.record import CaseRecord, RunRecord, VariantRecord, digest_arrays
+from detharness.select import compile_expression
+
+DEVICE_CHOICES = ("cpu", "cuda", "all")
+
+
+@dataclass
+class RunOptions:
+    case_paths: list[str] = field(default_factory=list)
+    keyword: str | None = None
+    tags: list[str] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+    device: str = "all"
+    repeat: int = 1
+    deterministic: bool = False
+    timeout: float = 600.0
+    inputs_from: RunRecord | None = None
+    in_process: bool = False
+    progress: Callable[[int, int, str], None] | None = None
+
+
+def select_variants(registry: Registry, options: RunOptions) -> list[Variant]:
+    """The declared variants that pass ``-k``, ``--tag``, ``--backend`` and ``--device``.
+
+    Whether a device is really present is decided later, by the backend's worker.
+    """
+    match = compile_expression(options.keyword) if options.keyword else None
+    wanted_backends = set(options.backends)
+    chosen: list[Variant] = []
+    for c in registry:
+        if options.tags and not c.tags.intersection(options.tags):
+            continue
+        for v in c.variants():
+            if wanted_backends and v.impl.backend not in wanted_backends:
+                continue
+            if options.device != "all" and v.device != options.device:
+                continue
+            if match is not None and not match(v.id, v.keywords):
+                continue
+            chosen.append(v)
+    return chosen
+
+
+def check_backends_requested(names: Iterable[str]) -> None:
+    """``--backend`` naming an unknown or uninstalled backend is a usage error (exit 2)."""
+    for name in names:
+        backend = get_backend(name)
+        if not backend.is_installed():
+            raise BackendError(f"backend {name!r} is not installed: {backend.install_hint}")
+
+
+def with_references(variants: list[Variant]) -> list[Variant]:
+    """Add each selected case's reference variant, which the backend check needs as its baseline."""
+    have = {v.id for v in variants}
+    extra: list[Variant] = []
+    for c in {id(v.case): v.case for v in variants}.values():
+        ref = c.reference_variant
+        if ref is not None and ref.id not in have:
+            extra.append(ref)
+            have.add(ref.id)
+    return variants + extra
+
+
+def case_record(c: Case, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> CaseRecord:
+    ref = c.reference_variant
+    return CaseRecord(
+        id=c.id, fingerprint=c.fingerprint, tags=sorted(c.tags), inputs=inputs, params=params,
+        reference=ref.impl.name if ref else ("stored" if c.reference_outputs is not None else None),
+        reference_variant=ref.id if ref else None, reference_outputs=c.reference_outputs, known=list(c.known),
+        location=c.location, inputs_digest=digest_arrays({**inputs, **{f"param:{k}": v for k, v in params.items()}}),
+    )
+
+
+# -- execution of one variant (shared by workers, --in-process and the pytest plugin) ----------
+
+
+def case_arrays(c: Case, replay: RunRecord | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The case's inputs and parameters: replayed from a baseline bundle, or made from the seed."""
+    if replay is not None and c.id in replay.cases:
+        stored = replay.cases[c.id]
+        return {k: np.asarray(stored.inputs[k]) for k in stored.inputs}, {k: np.asarray(stored.params[k]) for k in stored.params}
+    return c.make_inputs(), c.make_params()
+
+
+def execute(backend: Backend, c: Case, task: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one variant with a loaded backend; returns a result dict (never raises for case errors)."""
+    impl = c.impls[task["impl"]]
+    device, dtype, mode, repeat = task["device"], task["dtype"], task["mode"], int(task.get("repeat", 1))
+    result: dict[str, Any] = {"id": task["id"], "status": "ok", "error": None, "seconds": None, "outputs": {},
+                              "distinct_results": None, "repeat_outputs": None, "info": {}}
+    if device not in backend.devices():
+        result.update(status="skipped", error=f"no {device} device seen by {backend.name}")
+        return result
+    supported, why = backend.supports(device=device, dtype=dtype, mode=mode)
+    if not supported:
+        result.update(status="skipped", error=why)
+        return result
+    try:
+        inputs = [backend.to_native(cast_floats(np.asarray(a), dtype), device) for a in task["inputs"].values()]
+        params = {k: backend.to_native(cast_floats(np.asarray(a), dtype), device) for k, a in task["params"].items()}
+        if impl.module:
+            obj: Any = impl.fn(params)
+        elif params:
+            obj = functools.partial(impl.fn, params=params)
+        else:
+            obj = impl.fn
+        call = backend.prepare(obj, mode=mode, device=device, dtype=dtype, example_inputs=inputs, is_module=impl.module)
+        digests: list[str] = []
+        first: dict[str, np.ndarray] = {}
+        seconds = 0.0
+        for run in range(max(1, repeat)):
+            raw, elapsed = backend.run(call, inputs, device=device, seed=c.seed)
+            seconds += elapsed
+            outputs = backend.outputs_to_numpy(raw, names=list(c.outputs) if c.outputs else None)
+            digest = digest_arrays(outputs)
+            if run == 0:
+                first = outputs
+            elif digest not in digests and result["repeat_outputs"] is None:
+                result["repeat_outputs"] = outputs
+            if digest not in digests:
+                digests.append(digest)
+        result.update(outputs=first, seconds=seconds / max(1, repeat), info=backend.run_info())
+        if repeat > 1:
+            result["distinct_results"] = len(digests)
+    except UnsupportedVariant as exc:
+        result.update(status="skipped", error=exc.reason)
+    except Exception as exc:  # an implementation's failure is a result, not a crash of the harness
+        result.update(status="error", error=_one_line(exc), traceback=traceback.format_exc(limit=6))
+    return result
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+# -- worker processes --------------------------------------------------------------------------
+
+
+def _load_backend(name: str, deterministic: bool) -> tuple[Backend, dict[str, Any]]:
+    """Set switches (some must precede the import: XLA_FLAGS), import, and fingerprint a backend."""
+    backend = get_backend(name)
+    switches = backend.apply_switches(deterministic)
+    backend.load()
+    switches = {**switches, **backend.apply_switches(deterministic)}
+    fingerprint = dict(backend.fingerprint())
+    for key, value in switches.items():
+        fingerprint[key if "." in key else f"{name}.{key}"] = value
+    return backend, {"devices": list(backend.devices()), "fingerprint": fingerprint}
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str, case_paths: list[str],
+                 deterministic: bool) -> None:
+    try:
+        registry = discover(case_paths or None)
+        backend, hello = _load_backend(backend_name, deterministic)
+    except BaseException as exc:
+        conn.send(("hello", {"error": _one_line(exc)}))
+        return
+    conn.send(("hello", hello))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        conn.send(("result", execute(backend, registry[message["case"]], message)))
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "worker stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"worker crashed: killed by {name}{hint}"
+    return f"worker exited with code {code}"
+
+
+class Worker:
+    """One backend's worker process, restarted after a crash or a timeout."""
+
+    def __init__(self, backend: str, options: RunOptions) -> None:
+        self.backend = backend
+        self.options = options
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: multiprocessing.connection.Connection | None = None
+        self.hello: dict[str, Any] = {}
+
+    def start(self) -> dict[str, Any]:
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, name=f"detharness-{self.backend}", daemon=True,
+                                   args=(child, self.backend, self.options.case_paths, self.options.deterministic))
+        self.process.start()
+        child.close()
+        self.conn = parent
+        # Importing a framework can take a while on a cold disk: allow it beyond one variant's timeout.
+        message = self._receive(max(self.options.timeout, 300.0))
+        if message is None:
+            self.hello = {"error": f"{self.backend} worker did not start: {_describe_exit(self.process.exitcode)}"}
+            self.stop()
+        else:
+            self.hello = message[1]
+        return self.hello
+
+    def _receive(self, timeout: float) -> tuple[str, Any] | None:
+        assert self.conn is not None and self.process is not None
+        try:
+            if self.conn.poll(timeout):
+                return self.conn.recv()  # type: ignore[no-any-return]
+        except (EOFError, OSError):
+            self.process.join(5)
+        return None
+
+    def run(self, task: dict[str, Any]) -> dict[str, Any]:
+        if self.process is None or not self.process.is_alive():
+            self.start()
+        if "error" in self.hello:
+            return {"id": task["id"], "status": "error", "error": self.hello["error"]}
+        assert self.conn is not None and self.process is not None
+        try:
+            self.conn.send(task)
+        except (BrokenPipeError, OSError):
+            pass
+        message = self._receive(self.options.timeout)
+        if message is not None:
+            return message[1]  # type: ignore[no-any-return]
+        alive = self.process.is_alive()
+        reason = f"timed out after {self.options.timeout:g} s" if alive else _describe_exit(self.process.exitcode)
+        self.stop()
+        return {"id": task["id"], "status": "error", "error": reason}
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        if self.process is not None:
+            self.process.join(0.5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(5)
+        self.process = None
+
+
+# -- the whole run -----------------------------------------------------------------------------
+
+
+def run(options: RunOptions) -> RunRecord:
+    """Discover, select, execute and record. Checks are applied by the caller (:mod:`checks`)."""
+    if options.backends:
+        check_backends_requested(options.backends)
+    if options.device not in DEVICE_CHOICES:
+        raise UsageError(f"--device {options.device!r}: choose from {', '.join(DEVICE_CHOICES)}")
+    if options.repeat < 1:
+        raise UsageError("--repeat must be at least 1")
+    registry = discover(options.case_paths or None)
+    variants = with_references(select_variants(registry, options))
+
+    cases: dict[str, CaseRecord] = {}
+    arrays: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+    for c in {v.case.id: v.case for v in variants}.values():
+        inputs, params = case_arrays(c, options.inputs_from)
+        arrays[c.id] = (inputs, params)
+        cases[c.id] = case_record(c, inputs, params)
+
+    by_backend: dict[str, list[Variant]] = {}
+    for v in variants:
+        by_backend.setdefault(v.impl.backend, []).append(v)
+
+    backend_keys: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
+    lock = threading.Lock()
+    done = 0
+
+    def report(result: dict[str, Any]) -> None:
+        nonlocal done
+        with lock:
+            results[result["id"]] = result
+            done += 1
+            if options.progress:
+                options.progress(done, len(variants), result["id"])
+
+    def task_of(v: Variant) -> dict[str, Any]:
+        inputs, params = arrays[v.case.id]
+        return {"id": v.id, "case": v.case.id, "impl": v.impl.name, "device": v.device, "dtype": v.dtype,
+                "mode": v.mode, "repeat": options.repeat, "inputs": inputs, "params": params}
+
+    def run_backend(name: str, todo: list[Variant]) -> None:
+        backend = get_backend(name)
+        if not backend.is_installed():
+            for v in todo:
+                report({"id": v.id, "status": "skipped", "error": f"{name} not installed: {backend.install_hint}"})
+            return
+        if options.in_process:
+            try:
+                loaded, hello = _load_backend(name, options.deterministic)
+            except Exception as exc:
+                hello = {"error": f"{name} failed to load: {_one_line(exc)}"}
+            with lock:
+                backend_keys.update(hello.get("fingerprint", {}))
+            for v in todo:
+                if "error" in hello:
+                    report({"id": v.id, "status": "error", "error": hello["error"]})
+                else:
+                    report(execute(loaded, v.case, task_of(v)))
+            return
+        worker = Worker(name, options)
+        hello = worker.start()
+        with lock:
+            backend_keys.update(hello.get("fingerprint", {}))
+        try:
+            for v in todo:
+                report(worker.run(task_of(v)))
+        finally:
+            worker.stop()
+
+    if options.in_process:
+        for name, todo in by_backend.items():
+            run_backend(name, todo)
+    else:
+        threads = [threading.Thread(target=run_backend, args=(n, t), daemon=True) for n, t in by_backend.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    environment = dict(sorted(env_mod.merge(env_mod.fingerprint(), backend_keys).items()))
+    record = RunRecord(environment=environment, environment_id=env_mod.environment_id(environment),
+                       cases=cases, options=_options_json(options))
+    for v in variants:
+        r = results.get(v.id, {"status": "error", "error": "no result (worker lost)"})
+        record.variants[v.id] = VariantRecord(
+            id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
+            mode=v.mode, status=r["status"], reference=v.impl.reference, error=r.get("error"),
+            seconds=r.get("seconds"), outputs=r.get("outputs") or {},
+            tolerances={name: v.case.tolerance_for(name, v.dtype) for name in (r.get("outputs") or {})},
+            distinct_results=r.get("distinct_results"), repeat_outputs=r.get("repeat_outputs"), info=r.get("info") or {},
+        )
+    return record
+
+
+def _options_json(options: RunOptions) -> dict[str, Any]:
+    return {
+        "cases": [display_path(p) for p in options.case_paths],
+        "keyword": options.keyword, "tags": options.tags, "backends": options.backends, "device": options.device,
+        "repeat": options.repeat, "deterministic": options.deterministic, "timeout": options.timeout,
+        "inputs_from": options.inputs_from.path if options.inputs_from is not None else None,
+        "in_process": options.in_process,
+    }

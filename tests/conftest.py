@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL_CASES = """
+    import os
+    import time
+
+    import numpy as np
+
+    from detharness import case
+
+    c = case("small/scale", tags={"small"}, tolerance="ulp(4)",
+             inputs=lambda rng: {"x": rng.standard_normal((64, 8)).astype("float32")})
+
+    @c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+    def _(x):
+        return {"y": np.tanh(x) * 3}
+
+    @c.impl("numpy32", backend="numpy", dtypes=("float32",))
+    def _(x):
+        return {"y": np.tanh(x) * np.float32(3)}
+
+    @c.impl("torch", backend="torch", dtypes=("float32", "float16"))
+    def _(x):
+        import torch
+        return {"y": torch.tanh(x) * 3}
+
+    s = case("small/softmax", tags={"small"}, tolerance="ulp(32)",
+             inputs=lambda rng: {"x": (rng.standard_normal((32, 256)) * 3).astype("float32")})
+
+    @s.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+    def _(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return {"y": e / e.sum(-1, keepdims=True)}
+
+    @s.impl("torch", backend="torch", dtypes=("float32",))
+    def _(x):
+        import torch
+        return {"y": torch.softmax(x, -1)}
+"""
+
+CRASHING_CASES = """
+    import os
+    import signal
+    import time
+
+    import numpy as np
+
+    from detharness import case
+
+    c = case("bad/crash", inputs=lambda rng: {"x": np.ones(4, dtype="float32")})
+
+    @c.impl("ref", backend="numpy", reference=True)
+    def _(x):
+        return {"y": x}
+
+    @c.impl("segfault", backend="numpy")
+    def _(x):
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    @c.impl("hang", backend="numpy")
+    def _(x):
+        time.sleep(60)
+
+    @c.impl("raises", backend="numpy")
+    def _(x):
+        raise ValueError("bad shape in the serving code")
+
+    @c.impl("after", backend="numpy")
+    def _(x):
+        return {"y": x + 0}
+"""
+
+
+def write_cases(folder: Path, text: str, name: str = "cases.py") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def small_cases(tmp_path: Path) -> Path:
+    return write_cases(tmp_path / "small_cases", SMALL_CASES)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m detharness`` as a user would, in a fresh interpreter."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("CI", None)
+    return subprocess.run([sys.executable, "-m", "detharness", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
