@@ -1,0 +1,65 @@
+"""Reports: one dict, three renderings that agree."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from detharness import report
+from detharness.checks import new_result
+from detharness.errors import UsageError
+
+
+def _results() -> list[dict]:
+    ok = new_result("backend", "a/b", "a/b[t:cpu:float32:eager]", "identical", "same bytes", output="y")
+    bad = new_result("backend", "a/b", "a/b[u:cpu:float32:eager]", "diverged", "DIVERGED | Output: 'y' | big\n  details",
+                     output="y", reproduce="detharness run -k 'a/b[u:cpu:float32:eager]'")
+    bad.update(max_ulp=12, max_abs=math.inf, max_scaled=float("nan"))
+    skip = new_result("backend", "a/b", "a/b[t:cuda:float32:eager]", "skipped", "no cuda device seen by torch")
+    return [ok, skip, bad]
+
+
+def _report() -> dict:
+    return report.build(_results(), {"e" * 64: {"torch.version": "2.13.0"}}, title="detharness run", seconds=1.25)
+
+
+def test_failures_come_first_and_summary_counts_by_status() -> None:
+    built = _report()
+    assert [r["status"] for r in built["results"]] == ["diverged", "skipped", "identical"]
+    assert built["summary"] == {"diverged": 1, "skipped": 1, "identical": 1}
+
+
+def test_text_report_table_details_and_summary_last() -> None:
+    text = report.render(_report(), "text")
+    lines = text.rstrip("\n").splitlines()
+    assert lines[0].split() == ["status", "check", "variant", "output", "max", "ulp", "max", "abs", "max", "scaled", "note"]
+    assert "--- DIVERGED backend a/b[u:cpu:float32:eager] output 'y'" in text
+    assert "reproduce: detharness run -k 'a/b[u:cpu:float32:eager]'" in text
+    assert "     1  no cuda device seen by torch" in text
+    assert lines[-1] == "detharness run: 1 diverged, 1 skipped, 1 identical in 1.2s"
+
+
+def test_json_report_writes_non_finite_numbers_as_strings() -> None:
+    data = json.loads(report.render(_report(), "json"))
+    assert data["schema"] == 1
+    bad = data["results"][0]
+    assert bad["max_abs"] == "inf" and bad["max_scaled"] == "nan"
+    assert data["environments"] == {"e" * 64: {"torch.version": "2.13.0"}}
+
+
+def test_markdown_report_has_failure_details_and_skipped_reasons() -> None:
+    md = report.render(_report(), "md")
+    assert md.startswith("## detharness run\n\n**1 diverged, 1 skipped, 1 identical in 1.2s**")
+    assert "<details><summary>diverged · backend · `a/b[u:cpu:float32:eager]` · `y`</summary>" in md
+    assert "<details><summary>Skipped</summary>" in md
+    assert "|       1 | no cuda device seen by torch |" in md
+
+
+def test_report_file_format_follows_the_extension(tmp_path: Path) -> None:
+    report.write(_report(), str(tmp_path / "deep" / "r.json"))
+    assert json.loads((tmp_path / "deep" / "r.json").read_text())["title"] == "detharness run"
+    with pytest.raises(UsageError, match="unknown extension '.html'"):
+        report.write(_report(), str(tmp_path / "r.html"))

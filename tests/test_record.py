@@ -1,0 +1,43 @@
+"""Records survive a bundle round trip, arrays included, and parts merge without loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+
+from detharness.cases import KnownDivergence
+from detharness.record import CaseRecord, RunRecord, VariantRecord, load, merge_parts, save, save_part
+
+
+def _record(variant: str = "v") -> RunRecord:
+    case = CaseRecord(id="demo/c", fingerprint="f", inputs={"x": np.arange(4, dtype=np.float32)},
+                      params={"w": np.ones(2, dtype=ml_dtypes.bfloat16)}, reference="ref", inputs_digest="d",
+                      known=[KnownDivergence("why", variants="*[t:*", when={"torch.version": "2.13*"})])
+    v = VariantRecord(id=f"demo/c[{variant}:cpu:bfloat16:eager]", case="demo/c", impl=variant, backend="torch",
+                      device="cpu", dtype="bfloat16", mode="eager", status="ok", seconds=0.5,
+                      outputs={"y": np.array([1.5, -0.0], dtype=ml_dtypes.bfloat16)}, tolerances={"y": "ulp(2)"},
+                      info={"onnxruntime.providers": ["CPUExecutionProvider"]})
+    return RunRecord(environment={"torch.version": "2.13.0"}, environment_id="e1", cases={case.id: case},
+                     variants={v.id: v}, options={"repeat": 1})
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    save(_record(), tmp_path / "b")
+    loaded = load(tmp_path / "b")
+    v = loaded.variants["demo/c[v:cpu:bfloat16:eager]"]
+    assert v.outputs["y"].dtype == ml_dtypes.bfloat16
+    assert v.outputs["y"].tobytes() == np.array([1.5, -0.0], dtype=ml_dtypes.bfloat16).tobytes()
+    assert v.tolerances == {"y": "ulp(2)"} and v.info == {"onnxruntime.providers": ["CPUExecutionProvider"]}
+    case = loaded.cases["demo/c"]
+    np.testing.assert_array_equal(case.inputs["x"], np.arange(4, dtype=np.float32))
+    assert case.known[0].applies("demo/c[t:cpu:float32:eager]", "environment", {"torch.version": "2.13.0"})
+    assert loaded.environment_id == "e1"
+
+
+def test_parts_from_two_writers_merge_into_one_manifest(tmp_path: Path) -> None:
+    save_part(_record("a"), tmp_path / "b", "gw0")
+    save_part(_record("b"), tmp_path / "b", "gw1")
+    merge_parts(tmp_path / "b")
+    assert sorted(load(tmp_path / "b").variants) == ["demo/c[a:cpu:bfloat16:eager]", "demo/c[b:cpu:bfloat16:eager]"]

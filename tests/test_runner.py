@@ -1,0 +1,44 @@
+"""The runner in this process (--in-process) and its selection rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detharness.backends import Backend, register_backend
+from detharness.cases import discover
+from detharness.cli import main
+from detharness.runner import RunOptions, run, select_variants
+
+
+def test_selection_by_keyword_tag_backend_and_device(small_cases: Path) -> None:
+    registry = discover([small_cases])
+    ids = lambda **kw: [v.id for v in select_variants(registry, RunOptions(**kw))]  # noqa: E731
+    assert ids(keyword="softmax and torch") == ["small/softmax[torch:cpu:float32:eager]",
+                                                "small/softmax[torch:cuda:float32:eager]"]
+    assert ids(backends=["torch"], device="cpu", keyword="scale") == ["small/scale[torch:cpu:float32:eager]",
+                                                                      "small/scale[torch:cpu:float16:eager]"]
+    assert ids(tags=["nope"]) == []
+
+
+def test_in_process_run_records_outputs_and_adds_the_reference(small_cases: Path) -> None:
+    record = run(RunOptions(case_paths=[str(small_cases)], keyword="numpy32", in_process=True))
+    assert sorted(record.variants) == ["small/scale[numpy32:cpu:float32:eager]", "small/scale[numpy:cpu:float64:eager]"]
+    v = record.variants["small/scale[numpy32:cpu:float32:eager]"]
+    assert v.status == "ok" and v.outputs["y"].dtype.name == "float32" and v.seconds is not None
+    assert record.environment["numpy.version"]
+    assert record.cases["small/scale"].reference_variant == "small/scale[numpy:cpu:float64:eager]"
+
+
+class _MissingFramework(Backend):
+    name = "notinstalled"
+    import_name = "detharness_no_such_framework"
+    install_hint = "pip install notinstalled-framework"
+
+
+def test_uninstalled_backend_asked_by_name_exits_2_with_the_hint(capsys: pytest.CaptureFixture[str]) -> None:
+    register_backend(_MissingFramework(), replace=True)
+    assert main(["run", "--backend", "notinstalled"]) == 2
+    err = capsys.readouterr().err
+    assert err == "detharness: error: backend 'notinstalled' is not installed: pip install notinstalled-framework\n"
