@@ -42,3 +42,15 @@ def test_uninstalled_backend_asked_by_name_exits_2_with_the_hint(capsys: pytest.
     assert main(["run", "--backend", "notinstalled"]) == 2
     err = capsys.readouterr().err
     assert err == "detharness: error: backend 'notinstalled' is not installed: pip install notinstalled-framework\n"
+
+
+@pytest.mark.slow
+def test_deterministic_switches_are_set_in_the_workers_and_recorded(small_cases: Path) -> None:
+    default = run(RunOptions(case_paths=[str(small_cases)], backends=["torch"], device="cpu", keyword="softmax"))
+    strict = run(RunOptions(case_paths=[str(small_cases)], backends=["torch"], device="cpu", keyword="softmax",
+                            deterministic=True))
+    assert default.environment["torch.deterministic_algorithms"] is False
+    assert strict.environment["torch.deterministic_algorithms"] is True
+    assert strict.environment["torch.float32_matmul_precision"] == "highest"
+    assert default.environment_id != strict.environment_id
+    assert strict.variants["small/softmax[torch:cpu:float32:eager]"].status == "ok"
