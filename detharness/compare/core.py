@@ -455,7 +455,7 @@ def _kth_largest(scanner: PairScanner, wanted: dict[str, tuple[scan.LargestValue
             selected[name] = value
     if pending:
         scan.select_kth_largest(scanner, list(pending.values()))
-        selected.update({name: selection.prefix for name, selection in pending.items()})
+        selected.update({name: int(selection.result or 0) for name, selection in pending.items()})
     return selected
 
 

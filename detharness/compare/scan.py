@@ -46,7 +46,7 @@ CHUNK_ELEMENTS = 1 << 18
 # Distances below this are counted exactly, one table entry per value.
 EXACT_ULP_TABLE = 1 << 12
 # How many values one LargestValues may hold per thread before falling back to radix selection.
-TAIL_CAPACITY = 1 << 17
+TAIL_CAPACITY = 1 << 16
 # How many of the worst (or first structural) elements a Verdict lists.
 SHOWN_ELEMENTS = 5
 # Gathering the differing elements pays while at most this share of a chunk differs.
@@ -664,18 +664,39 @@ def tally(scanner: PairScanner, p99_keep: int, fraction_keep: int, threads: int 
     total = tallies[0]
     for other in tallies[1:]:
         total.merge(other)
+    total.workspace = Workspace()  # let the buffers go before any selection pass takes its own
     return total
 
 
 @dataclass
+class DigitCounts:
+    """One pass's histogram of the next digit, and the range of the keys it counted."""
+
+    counts: np.ndarray
+    lowest: int = 2**64
+    highest: int = -1
+
+    def merge(self, other: DigitCounts) -> None:
+        self.counts += other.counts
+        self.lowest = min(self.lowest, other.lowest)
+        self.highest = max(self.highest, other.highest)
+
+
+@dataclass
 class Selection:
-    """One radix selection in progress: the k-th largest of a measure, ``key_bits`` wide."""
+    """One radix selection in progress: the k-th largest of a measure, ``key_bits`` wide.
+
+    Each pass either counts the next 16-bit digit of the keys that share the prefix found so far,
+    or, once that prefix holds at most ``TAIL_CAPACITY`` keys, collects them and finishes.
+    """
 
     measure: str  # "ulp" (distance), "abs" or "rel" (errors through their float64 bits)
     k: int
     key_bits: int
     prefix: int = 0
     remaining_bits: int = -1
+    collecting: bool = False  # the keys under the prefix are few enough to gather outright
+    result: int | None = None
 
     def __post_init__(self) -> None:
         if self.remaining_bits < 0:
@@ -683,63 +704,110 @@ class Selection:
 
     @property
     def done(self) -> bool:
-        return self.remaining_bits == 0
+        return self.result is not None
 
     @property
     def digit_bits(self) -> int:
         return min(16, self.remaining_bits)
 
-    def digits(self, keys: np.ndarray) -> np.ndarray:
-        """The next digit of each key that shares the prefix found so far."""
-        if self.remaining_bits < 64:
-            keys = keys[(keys >> np.uint64(self.remaining_bits)) == np.uint64(self.prefix)]
-        shift = np.uint64(self.remaining_bits - self.digit_bits)
-        return ((keys >> shift) & np.uint64((1 << self.digit_bits) - 1)).astype(np.intp)
+    def matching(self, keys: np.ndarray, workspace: Workspace) -> np.ndarray:
+        """The keys that share the prefix found so far."""
+        if self.remaining_bits == self.key_bits:  # no prefix yet: every key (they fit key_bits)
+            return keys
+        high = np.right_shift(keys, np.uint64(self.remaining_bits), out=workspace.take("high", np.uint64, keys.size))
+        match = np.equal(high, np.uint64(self.prefix), out=workspace.take("match", bool, keys.size))
+        selected: np.ndarray = keys[match]
+        return selected
 
-    def narrow(self, counts: np.ndarray) -> None:
+    def count_digits(self, keys: np.ndarray, found: DigitCounts, workspace: Workspace) -> None:
+        if keys.size == 0:
+            return
+        shift = np.uint64(self.remaining_bits - self.digit_bits)
+        digits = np.right_shift(keys, shift, out=workspace.take("digits", np.uint64, keys.size))
+        np.bitwise_and(digits, np.uint64((1 << self.digit_bits) - 1), out=digits)
+        found.counts += np.bincount(digits.view(np.int64), minlength=found.counts.size)  # < 2**16: valid intp
+        found.lowest = min(found.lowest, int(keys.min()))
+        found.highest = max(found.highest, int(keys.max()))
+
+    def narrow(self, found: DigitCounts) -> None:
         """Fix the next digit: the bin where the count from the top reaches k."""
+        counts = found.counts
+        if found.lowest == found.highest and counts.sum() >= self.k:
+            # Every key under the prefix is one value (errors of exactly one ULP often are):
+            # no need to read its remaining digits.
+            self.result = found.lowest
+            return
         from_top = np.cumsum(counts[::-1])
         position = int(np.searchsorted(from_top, self.k))
         if position >= counts.size:  # fewer than k keys: the k-th largest is 0
-            self.prefix, self.remaining_bits = 0, 0
+            self.result = 0
             return
         self.k -= int(from_top[position - 1]) if position else 0
         self.prefix = (self.prefix << self.digit_bits) | (counts.size - 1 - position)
         self.remaining_bits -= self.digit_bits
+        in_bin = int(counts[counts.size - 1 - position])
+        if self.remaining_bits == 0:
+            self.result = self.prefix
+        elif in_bin <= TAIL_CAPACITY:
+            self.collecting = True
+
+    def finish(self, collected: list[np.ndarray]) -> None:
+        """The k-th largest among the keys gathered under the prefix."""
+        keys = np.concatenate(collected) if collected else np.empty(0, np.uint64)
+        self.result = int(np.partition(keys, keys.size - self.k)[keys.size - self.k]) if self.k <= keys.size else 0
 
 
 def select_kth_largest(scanner: PairScanner, selections: list[Selection], threads: int | None = None) -> None:
-    """Complete each selection by radix passes over the data, all selections sharing each pass.
+    """Complete each selection by passes over the data, all selections sharing each pass.
 
     Used only when a :class:`LargestValues` would have needed more than ``TAIL_CAPACITY`` values.
-    Non-negative float64 errors order like their bits read as uint64, so one method serves both.
-    Elements with a NaN against a number are left out, as they are from every statistic; elements
-    with equal bytes have distance and error 0, which never decide a k-th *largest* unless fewer
-    than k values are non-zero, and then the answer is 0 all the same.
+    Usually two passes: one counts the top 16 bits of the keys, the next gathers the few keys that
+    share the chosen top bits. Non-negative float64 errors order like their bits read as uint64, so
+    one method serves ULPs and errors. Elements with a NaN against a number are left out, as they
+    are from every statistic; elements with equal bytes have distance and error 0, which never
+    decide a k-th *largest* unless fewer than k values are non-zero, and then it is 0 all the same.
     """
     while True:
         active = [selection for selection in selections if not selection.done]
         if not active:
             return
 
-        def start_state(active: list[Selection] = active) -> tuple[list[np.ndarray], Workspace]:
-            return [np.zeros(1 << selection.digit_bits, np.int64) for selection in active], Workspace()
+        def start_state(active: list[Selection] = active) -> tuple[list[Any], Workspace]:
+            found: list[Any] = [
+                [] if sel.collecting else DigitCounts(np.zeros(1 << sel.digit_bits, np.int64)) for sel in active
+            ]
+            return found, Workspace()
 
-        def visit(state: tuple[list[np.ndarray], Workspace], start: int, active: list[Selection] = active) -> None:
-            found = scanner.examine(start, state[1])
-            if not isinstance(found, ChunkErrors):
+        def visit(state: tuple[list[Any], Workspace], start: int, active: list[Selection] = active) -> None:
+            found, workspace = state
+            errors = scanner.examine(start, workspace)
+            if not isinstance(errors, ChunkErrors):
                 return
-            valid = found.valid()
-            for counts, selection in zip(state[0], active, strict=True):
-                values = {"ulp": found.distance, "abs": found.abs_error, "rel": found.rel_error}[selection.measure]
+            valid = errors.valid()
+            for index, selection in enumerate(active):
+                values = {"ulp": errors.distance, "abs": errors.abs_error, "rel": errors.rel_error}[selection.measure]
                 if valid is not None:
                     values = values[valid]
-                keys = values.view(np.uint64) if values.dtype == np.float64 else values.astype(np.uint64)
-                counts += np.bincount(selection.digits(keys), minlength=counts.size)
+                if values.dtype == np.float64:
+                    keys = values.view(np.uint64)
+                else:
+                    keys = workspace.cast("keys", values, np.uint64)
+                keys = selection.matching(keys, workspace)
+                if selection.collecting:
+                    found[index].append(keys.copy())  # the buffers are reused by the next chunk
+                else:
+                    selection.count_digits(keys, found[index], workspace)
 
         states = for_each_chunk(scanner, start_state, visit, threads)
         for index, selection in enumerate(active):
-            selection.narrow(np.sum([state[0][index] for state in states], axis=0))
+            parts = [state[0][index] for state in states]
+            if selection.collecting:
+                selection.finish([part for per_thread in parts for part in per_thread])
+            else:
+                for other in parts[1:]:
+                    parts[0].merge(other)
+                selection.narrow(parts[0])
+        del states, parts  # the buffers go before the next pass takes its own
 
 
 def histogram_buckets(table: np.ndarray, large_buckets: np.ndarray) -> dict[str, int]:
