@@ -18,12 +18,13 @@ The 99th-percentile ULP distance is exact (nearest rank). Each chunk's distances
 sorts integers with SIMD, faster than ``bincount``), which gives exact counts of every distance
 below ``EXACT_ULP_TABLE`` and the power-of-two histogram by binary search. Larger distances feed a
 :class:`LargestValues` that keeps only as many values as can lie at or above the percentile (1% of
-the elements). Should that need more than ``TAIL_CAPACITY`` values (an output of over 13 million
-elements with more than that many distances past the table), the percentile is found instead by
-radix selection: extra passes over the data, each narrowing the candidate range by 16 bits, with a
-65,536-bin histogram as the only memory. The smallest budgets that pass when a fraction of the
-elements may miss (the (allowed + 1)-th largest ULP, absolute and relative error) use the same
-machinery.
+the elements). Should that need more than ``TAIL_CAPACITY`` values per thread (an output of over
+6.5 million elements with more than 65,536 distances past the table), the percentile is found
+instead by selection passes over the data (:func:`select_kth_largest`): one counts the top 16 bits
+of every distance in a 65,536-bin histogram, the next gathers the few under the chosen bin, so
+memory stays bounded and the answer exact, at the price of usually two more passes. The smallest
+budgets that pass when a fraction of the elements may miss (the (allowed + 1)-th largest ULP,
+absolute and relative error) use the same machinery.
 """
 
 from __future__ import annotations
@@ -201,9 +202,9 @@ class LargestValues:
 
     def kth_largest(self, k: int) -> int | None:
         """The k-th largest value seen (1-based), 0 if fewer than k; None if overflowed."""
+        self._prune()
         if self.overflowed:
             return None
-        self._prune()
         values = self.parts[0] if self.parts else np.empty(0, np.uint64)
         if k > values.size:
             return 0

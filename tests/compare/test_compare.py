@@ -322,6 +322,18 @@ def test_small_chunks_threads_and_radix_selection_agree(
     check_against_brute_force(expected, actual, tolerance)
 
 
+@pytest.mark.parametrize("make", [sparse_float32, cancelling_sums, extreme_int64], ids=lambda make: make.__name__)
+def test_one_thread_falls_back_to_selection_passes_too(
+    make: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one thread no merge prunes the kept tails: asking for the answer must notice overflow."""
+    monkeypatch.setattr(scan, "CHUNK_ELEMENTS", 100_000)
+    monkeypatch.setattr(scan, "TAIL_CAPACITY", 20)
+    monkeypatch.setattr(scan, "available_cores", lambda: 1)
+    expected, actual = make(np.random.default_rng(2))
+    check_against_brute_force(expected, actual, "ulp(1) @ 0.02")
+
+
 def test_p99_past_the_exact_table_and_past_the_tail_capacity(small_chunks: None) -> None:
     """Over 1% of the elements thousands of ULPs apart: the percentile comes from the kept tail,
     or (capacity 50) from radix selection; both must give the exact nearest-rank value."""
