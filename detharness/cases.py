@@ -420,6 +420,18 @@ CASE_SOURCES: list[Callable[[Path, Registry], bool]] = []
 """Extra case sources: each gets a folder and returns True when it claimed it (ONNX test data)."""
 
 
+def _onnx_test_data(folder: Path, registry: Registry) -> bool:
+    """ONNX backend-test folders (``model.onnx`` + ``test_data_set_N/``), see :mod:`detharness.onnx_testdata`."""
+    # Imported on call: that module looks at file names first and imports onnx only for a folder
+    # that holds test data, so importing cases.py and listing ordinary cases stay cheap.
+    from detharness.onnx_testdata import load_onnx_test_data
+
+    return load_onnx_test_data(folder, registry)
+
+
+CASE_SOURCES.append(_onnx_test_data)
+
+
 def builtin_cases_path() -> Path:
     """The built-in library: ``cases/`` in a checkout, the ``detharness_cases`` package when installed."""
     spec = importlib.util.find_spec("detharness_cases")
