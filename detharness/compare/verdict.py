@@ -87,8 +87,16 @@ class Verdict:
     distance is ``|actual - expected|``. ``min_passing`` gives the smallest budgets that pass on
     their own, ``{"ulp", "rtol" (atol 0), "atol" (rtol 0), "scaled"}``, counting the elements the
     tolerance's fraction allows to miss; all None where nothing passes (a structural mismatch).
+    They are the observed errors themselves: ``close(rtol, 0)`` with exactly that rtol can still
+    miss by a float rounding of ``rtol * |expected|``, so the message's suggestions are rounded up
+    to two significant digits.
     Indices are lists of ints, one per dimension. For a mapping of outputs, ``outputs`` holds one
-    Verdict per name and the statistics above are left empty.
+    Verdict per name and only ``total``, ``mismatched`` and ``differing`` are summed; the other
+    statistics are per output.
+
+    ``identical`` means the same bytes: ``+0`` against ``-0``, or two NaNs with different payloads,
+    are not identical (they are ``close`` under ``ulp(0)``), and a candidate of another dtype than
+    its reference is at best ``close``. A bitwise-determinism check wants exactly that strictness.
     """
 
     status: Status
