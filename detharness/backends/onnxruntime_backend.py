@@ -213,7 +213,7 @@ def run_session(session: onnxruntime.InferenceSession, arrays: Sequence[np.ndarr
     # OrtValues made from numpy borrow the array's memory: keep the arrays alive through the run.
     keep: list[np.ndarray] = []
     for meta, array in zip(inputs, arrays):
-        array = np.ascontiguousarray(array)
+        array = np.require(array, requirements="C")  # ascontiguousarray makes 0-d arrays 1-d
         keep.append(array)
         if dtype_name(array.dtype) == "bfloat16":
             value = onnxruntime.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), _ONNX_BFLOAT16)
@@ -413,7 +413,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _to_native(self, array: np.ndarray, device: str) -> Any:
         # The session copies to the device when it runs; until then inputs stay on the host.
-        return np.ascontiguousarray(array)
+        return np.require(array, requirements="C")  # ascontiguousarray makes 0-d arrays 1-d
 
     def _seed(self, seed: int) -> None:
         import onnxruntime
