@@ -1,4 +1,4 @@
-"""The ``detharness`` command: list, env, run, compare.
+"""The ``detharness`` command: list, env, run, compare, matrix.
 
 Exit codes: 0 nothing in ``--fail-on`` happened; 1 something did; 2 bad usage or unusable input
 (one line on stderr, no traceback); 3 an internal error (a bug in detharness).
@@ -81,6 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--match-device", choices=("same", "any"), default="same",
                    help="Pair variants by id (same) or by everything but the device (any)")
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="Only variants matching this expression")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="Also count the outputs that differ bitwise between every two bundles (from stored hashes)")
+    _add_output(p)
+
+    p = sub.add_parser("matrix", help=f"Run the cases under each environment profile of a TOML file, then compare "
+                                      f"them all; {TRUST_NOTE}")
+    p.add_argument("profiles", metavar="PROFILES", help="Profiles file (TOML; see ci/profiles.toml)")
+    p.add_argument("-k", dest="keyword", metavar="EXPR",
+                   help="Only variants matching this expression (overrides the file's keyword)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="A new folder: one bundle and log per profile, and the report (report.md, .json, .txt)")
+    p.add_argument("--profile", action="append", default=[], metavar="NAME",
+                   help="Only these profiles and the baseline (repeatable or comma-separated)")
+    p.add_argument("--overlays", metavar="DIR",
+                   help="Cache of pinned-version overlays (default: ~/.cache/detharness/overlays)")
     _add_output(p)
     return parser
 
@@ -212,38 +227,43 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     for path in args.report:
         report_mod.format_for_path(path)
     start = time.perf_counter()
-    baseline = record_mod.load(args.baseline)
-    candidates = [record_mod.load(path) for path in args.candidates]
-    results: list[dict[str, Any]] = []
-    for candidate in candidates:
-        results += checks.environment_check(baseline, candidate, match_device=args.match_device, keyword=args.keyword)
-    environments = {r.environment_id: r.environment for r in [baseline, *candidates]}
-    extra: dict[str, Any] = {"bundles": [args.baseline, *args.candidates]}
-    if len(candidates) > 1:
-        extra["matrix"] = _matrix(baseline, candidates, results)
+    from detharness.attribution import bundle_labels, compare_bundles
+
+    paths = [args.baseline, *args.candidates]
+    records = [record_mod.load(path) for path in paths]
+    # More than two bundles (or --all-pairs) adds the case x environment matrix and the attribution.
+    results, nway = compare_bundles(records, bundle_labels(paths), match_device=args.match_device,
+                                    keyword=args.keyword, all_pairs=args.all_pairs)
+    environments = {r.environment_id: r.environment for r in records}
+    extra: dict[str, Any] = {"bundles": paths, **nway}
     report = report_mod.build(results, environments, title="detharness compare",
                               seconds=time.perf_counter() - start, extra=extra)
     _emit(report, args, out)
     return EXIT_FAILED if checks.failed(results, fail_on) else EXIT_OK
 
 
-def _matrix(baseline: Any, candidates: list[Any], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """case x environment: the worst status of each case in each candidate against the baseline."""
-    from detharness.compare import Status
+def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
+    from detharness import checks, matrix, report as report_mod
 
-    envs = [c.environment_id for c in candidates]
-    cells: dict[str, dict[str, str]] = {}
-    for r in results:
-        env = (r.get("candidate") or r.get("baseline") or "").split(":", 1)[0]
-        full = next((e for e in envs if e.startswith(env)), env)
-        row = cells.setdefault(r["case"], {})
-        current = row.get(full)
-        if current is None or Status(r["status"]).severity > Status(current).severity:
-            row[full] = r["status"]
-    return {"baseline": baseline.environment_id, "environments": envs, "cases": cells}
+    fail_on = _fail_on(args.fail_on)
+    for path in args.report:
+        report_mod.format_for_path(path)
+    spec = matrix.load_profiles(args.profiles).select(_comma_list(args.profile))
+    start = time.perf_counter()
+
+    def progress(line: str) -> None:
+        sys.stderr.write(f"detharness matrix: {line}\n")
+        sys.stderr.flush()
+
+    outcomes = matrix.run_matrix(spec, args.out, keyword=args.keyword, overlays=args.overlays, progress=progress)
+    report = matrix.matrix_report(spec, outcomes, seconds=time.perf_counter() - start)
+    for name in ("report.md", "report.json", "report.txt"):
+        report_mod.write(report, os.path.join(args.out, name))
+    _emit(report, args, out)
+    return EXIT_FAILED if checks.failed(report["results"], fail_on) else EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare}
+COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare, "matrix": cmd_matrix}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -8,6 +8,7 @@ from typing import Any
 from tabulate import tabulate
 
 from detharness.report._format import env_diff_text, headline, number, skipped_reasons, summary_line
+from detharness.report._matrix import markdown_sections
 
 PASSING = ("identical", "close", "known", "skipped", "missing")
 MAX_ROWS = 1000
@@ -27,6 +28,9 @@ def render(report: Mapping[str, Any]) -> str:
         rows = [[f"`{eid[:12]}`", *[_cell(str(fp.get(k, ""))) for k in keys]] for eid, fp in envs.items()]
         out += ["<details><summary>Environments</summary>", "",
                 tabulate(rows, headers=["id", *keys], tablefmt="github"), "", "</details>", ""]
+    # N-way sections (profiles, attribution, matrix) come before the failures: with many
+    # environments they say in a few lines what hundreds of failure rows repeat.
+    out += markdown_sections(report)
     failures = [r for r in results if r["status"] not in PASSING]
     if failures:
         out += ["### Failures", ""]
@@ -53,13 +57,4 @@ def render(report: Mapping[str, Any]) -> str:
         out += ["<details><summary>Skipped</summary>", "", tabulate([[n, _cell(reason)] for reason, n in skipped],
                                                                     headers=["count", "reason"], tablefmt="github"),
                 "", "</details>", ""]
-    matrix = report.get("matrix")
-    if matrix:
-        out += ["### Matrix", "", matrix_table(matrix), ""]
     return "\n".join(out)
-
-
-def matrix_table(matrix: Mapping[str, Any]) -> str:
-    envs = matrix["environments"]
-    rows = [[f"`{case}`", *[cells.get(e, "") for e in envs]] for case, cells in matrix["cases"].items()]
-    return tabulate(rows, headers=["case", *[f"`{e[:12]}`" for e in envs]], tablefmt="github")

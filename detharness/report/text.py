@@ -8,6 +8,7 @@ from typing import Any
 from tabulate import tabulate
 
 from detharness.report._format import env_diff_text, headline, number, skipped_reasons, summary_line
+from detharness.report._matrix import text_sections
 
 PASSING = ("identical", "close", "known", "skipped", "missing")
 MAX_DETAILS = 10
@@ -40,6 +41,7 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append("")
         lines.append("skipped:")
         lines += [f"  {count:4d}  {reason}" for reason, count in skipped]
+    lines += text_sections(report)
     lines.append("")
     lines.append(f"{report.get('title', 'detharness')}: {summary_line(report)}")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,561 @@
+"""``detharness matrix``: the same cases under several environment profiles, then an N-way compare.
+
+A profiles file (TOML, see ``ci/profiles.toml``) declares what changes between runs on one machine:
+
+    [matrix]
+    baseline = "baseline"            # optional; default: the first profile
+    keyword = "softmax and torch"    # optional -k; cases, tags, backends, device, timeout too
+
+    [profiles.baseline]
+
+    [profiles.aten-default]
+    env = { ATEN_CPU_CAPABILITY = "default" }
+
+    [profiles.numpy-2.2]
+    pins = "pins/numpy-2.2.txt"      # exact pins, installed into an overlay
+
+Each profile runs ``python -m detharness run`` in its own process, with its variables set and, for
+pins, an overlay first on ``PYTHONPATH``: the pinned packages installed with ``pip install --no-deps
+--target`` into a folder of their own, so a version profile needs no virtual environment of its
+own and leaves the installed one alone. Overlays live in a cache, keyed by a hash of the pins and
+the interpreter, and are reused while their stamp matches. Every profile after the first replays the
+first one's inputs (``--inputs-from``), so a numpy version that draws other random numbers does not
+pass for a numerical change.
+
+A profile that fails to set up (pip cannot install a pin) or to run is reported with the reason and
+the rest go on; the bundles that exist are compared with :mod:`detharness.attribution`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detharness.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport (a dependency there)
+    import tomli as tomllib
+
+STAMP = ".detharness-overlay.json"
+DEFAULT_PROFILE_TIMEOUT = 3600.0
+PIP_TIMEOUT = 1800.0
+MATRIX_KEYS = ("description", "baseline", "cases", "keyword", "tags", "backends", "device", "timeout",
+               "profile_timeout", "overlays")
+PROFILE_KEYS = ("description", "env", "unset", "pins")
+# Profile names become folder names under --out and are shown in report columns.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RESERVED_SUFFIXES = (".log", ".md", ".json", ".txt")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An exact pin, as pip's requirement syntax spells it: the only form that makes an overlay reproducible.
+_PIN = re.compile(r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*==\s*(?P<version>[A-Za-z0-9.+!_-]+)$")
+
+
+class ProfileError(UsageError):
+    """A profiles file or pins file that cannot be used: one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    name: str
+    version: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+    @property
+    def fingerprint_key(self) -> str:
+        """Where the environment fingerprint records this package's version (``ml_dtypes.version``)."""
+        return re.sub(r"[-_.]+", "_", self.name).lower() + ".version"
+
+
+@dataclass
+class Profile:
+    name: str
+    description: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+    pins: tuple[Pin, ...] = ()
+    pins_files: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``ATEN_CPU_CAPABILITY=default``, ``numpy==2.2.6``: what this profile changes, in one line."""
+        parts = [f"{k}={v}" for k, v in self.env.items()] + [f"-{name}" for name in self.unset]
+        parts += [pin.requirement for pin in self.pins]
+        return " ".join(parts) or "(as installed)"
+
+
+@dataclass
+class MatrixSpec:
+    path: str
+    profiles: list[Profile]
+    baseline: str
+    description: str = ""
+    cases: list[str] = field(default_factory=list)
+    keyword: str | None = None
+    tags: list[str] = field(default_factory=list)
+    backends: list[str] = field(default_factory=list)
+    device: str = "all"
+    timeout: float | None = None
+    profile_timeout: float = DEFAULT_PROFILE_TIMEOUT
+    overlays: str | None = None
+
+    def ordered(self) -> list[Profile]:
+        """The baseline first (its bundle provides every other profile's inputs), then file order."""
+        return sorted(self.profiles, key=lambda p: p.name != self.baseline)
+
+    def select(self, names: Sequence[str]) -> MatrixSpec:
+        """Only the named profiles (``--profile``), in file order; the baseline stays if named or not."""
+        if not names:
+            return self
+        known = {p.name for p in self.profiles}
+        for name in names:
+            if name not in known:
+                raise ProfileError(f"{self.path}: no profile {name!r}; profiles: {', '.join(sorted(known))}")
+        wanted = set(names) | {self.baseline}
+        return MatrixSpec(**{**self.__dict__, "profiles": [p for p in self.profiles if p.name in wanted]})
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+
+
+def load_profiles(path: str | os.PathLike[str]) -> MatrixSpec:
+    """Read and check a profiles file; any problem is one :class:`ProfileError` line naming the file."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProfileError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{where}: cannot read: {exc}") from None
+    return parse_profiles(text, where=where, base=Path(path).resolve().parent)
+
+
+def parse_profiles(text: str, *, where: str = "<profiles>", base: Path | None = None) -> MatrixSpec:
+    """Parse a profiles file's text. Relative paths in it (pins, cases, overlays) are from ``base``."""
+    base = base or Path.cwd()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{where}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"matrix", "profiles"})
+    if unknown:
+        raise ProfileError(f"{where}: unknown table [{unknown[0]}]; a profiles file has [matrix] and [profiles.NAME]")
+    settings = _table(data.get("matrix", {}), f"{where}: [matrix]")
+    _no_unknown_keys(settings, MATRIX_KEYS, f"{where}: [matrix]")
+    raw_profiles = _table(data.get("profiles"), f"{where}: [profiles]", missing="has no [profiles.NAME] tables")
+    if not raw_profiles:
+        raise ProfileError(f"{where}: has no [profiles.NAME] tables")
+    profiles = [_profile(name, body, where, base) for name, body in raw_profiles.items()]
+    baseline = settings.get("baseline", profiles[0].name)
+    if not isinstance(baseline, str) or baseline not in raw_profiles:
+        raise ProfileError(f"{where}: [matrix] baseline {baseline!r} is not a profile; profiles: "
+                           f"{', '.join(raw_profiles)}")
+    device = settings.get("device", "all")
+    if device not in ("cpu", "cuda", "all"):
+        raise ProfileError(f"{where}: [matrix] device {device!r}: choose cpu, cuda or all")
+    keyword = settings.get("keyword")
+    if keyword is not None and (not isinstance(keyword, str) or not keyword.strip()):
+        raise ProfileError(f"{where}: [matrix] keyword must be a non-empty string (a -k expression)")
+    overlays = settings.get("overlays")
+    if overlays is not None and not isinstance(overlays, str):
+        raise ProfileError(f"{where}: [matrix] overlays must be a folder path (a string)")
+    return MatrixSpec(
+        path=where, profiles=profiles, baseline=baseline,
+        description=_string(settings.get("description", ""), f"{where}: [matrix] description"),
+        cases=[str(base / p) for p in _strings(settings.get("cases", []), f"{where}: [matrix] cases")],
+        keyword=keyword,
+        tags=_strings(settings.get("tags", []), f"{where}: [matrix] tags"),
+        backends=_strings(settings.get("backends", []), f"{where}: [matrix] backends"),
+        device=device,
+        timeout=_seconds(settings.get("timeout"), f"{where}: [matrix] timeout"),
+        profile_timeout=_seconds(settings.get("profile_timeout", DEFAULT_PROFILE_TIMEOUT),
+                                 f"{where}: [matrix] profile_timeout") or DEFAULT_PROFILE_TIMEOUT,
+        overlays=str(base / overlays) if overlays else None,
+    )
+
+
+def _table(value: Any, what: str, missing: str | None = None) -> dict[str, Any]:
+    if value is None:
+        if missing:
+            raise ProfileError(f"{what.split(':')[0]}: {missing}")
+        return {}
+    if not isinstance(value, dict):
+        raise ProfileError(f"{what} must be a table, got {type(value).__name__}")
+    return value
+
+
+def _no_unknown_keys(table: Mapping[str, Any], allowed: Sequence[str], what: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise ProfileError(f"{what}: unknown key {key!r}; known keys: {', '.join(allowed)}")
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ProfileError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _strings(value: Any, what: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ProfileError(f"{what} must be a string or a list of strings")
+    return list(value)
+
+
+def _seconds(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ProfileError(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _profile(name: str, body: Any, where: str, base: Path) -> Profile:
+    what = f"{where}: [profiles.{name}]"
+    if not _NAME.match(name) or name.endswith(_RESERVED_SUFFIXES):
+        raise ProfileError(f"{what}: a profile name is 1-64 letters, digits, '.', '_' or '-', starting with a "
+                           f"letter or digit, and not ending in {', '.join(_RESERVED_SUFFIXES)} (it names a folder)")
+    body = _table(body, what)
+    for key, value in body.items():
+        looks_dotted = isinstance(value, dict) and (key[:1].isdigit() or (value and set(value) <= set(PROFILE_KEYS)))
+        if key not in PROFILE_KEYS and looks_dotted:
+            # [profiles.numpy-2.2] is the table "numpy-2" holding a table "2": TOML splits on dots
+            raise ProfileError(f"{what}: unknown key {key!r}; a profile name with a dot must be quoted: "
+                               f"[profiles.\"{name}.{key}\"]")
+    _no_unknown_keys(body, PROFILE_KEYS, what)
+    env_table = _table(body.get("env", {}), f"{what} env")
+    env: dict[str, str] = {}
+    for variable, value in env_table.items():
+        if not _VARIABLE.match(variable):
+            raise ProfileError(f"{what}: env: {variable!r} is not a variable name")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ProfileError(f"{what}: env {variable} must be a string or a number, got "
+                               f"{type(value).__name__} (write \"1\" or \"0\" for a flag)")
+        env[variable] = str(value)
+    unset = _strings(body.get("unset", []), f"{what} unset")
+    for variable in unset:
+        if not _VARIABLE.match(variable):
+            raise ProfileError(f"{what}: unset: {variable!r} is not a variable name")
+        if variable in env:
+            raise ProfileError(f"{what}: {variable} is both set (env) and unset")
+    pins_files = _strings(body.get("pins", []), f"{what} pins")
+    pins: dict[str, Pin] = {}
+    for file in pins_files:
+        for pin in parse_pins(base / file, shown=file):
+            key = _normalize(pin.name)
+            if key in pins and pins[key] != pin:
+                raise ProfileError(f"{what}: {pin.name} is pinned twice ({pins[key].version} and {pin.version})")
+            pins[key] = pin
+    return Profile(name=name, description=_string(body.get("description", ""), f"{what} description"), env=env,
+                   unset=tuple(unset), pins=tuple(pins.values()), pins_files=tuple(pins_files))
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_pins(path: str | os.PathLike[str], *, shown: str | None = None) -> list[Pin]:
+    """Exact pins from a requirements-style file: ``name==version`` lines, ``#`` comments, blank lines.
+
+    Ranges, URLs and pip options are refused: an overlay is reused only while its pins are exactly
+    what was installed, and pip would otherwise reach for whatever is newest that day.
+    """
+    shown = shown or str(path)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ProfileError(f"pins file {shown}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"pins file {shown}: cannot read: {exc}") from None
+    pins = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        match = _PIN.match(text)
+        if match is None:
+            raise ProfileError(f"pins file {shown}, line {number}: {text!r} is not an exact pin (write name==version)")
+        pins.append(Pin(match["name"], match["version"]))
+    if not pins:
+        raise ProfileError(f"pins file {shown}: pins nothing")
+    return pins
+
+
+# -- overlays ---------------------------------------------------------------------------------------
+
+
+class SetupError(Exception):
+    """A profile that could not be set up (its overlay failed to install): reported, the rest go on."""
+
+
+def default_overlay_cache() -> Path:
+    """``$DETHARNESS_CACHE_DIR/overlays``, else the XDG cache folder (``~/.cache/detharness/overlays``)."""
+    root = os.environ.get("DETHARNESS_CACHE_DIR")
+    if root:
+        return Path(root) / "overlays"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "detharness" / "overlays"
+
+
+def overlay_key(pins: Sequence[Pin], python: str = sys.executable) -> dict[str, Any]:
+    """What an overlay was built for: its pins, and the interpreter and platform its wheels fit."""
+    info = subprocess.run([python, "-c", "import sys, platform; print(sys.implementation.cache_tag, platform.machine())"],
+                          capture_output=True, text=True, check=False, timeout=60)
+    tag = info.stdout.strip() if info.returncode == 0 else f"{platform.python_implementation()} {platform.machine()}"
+    return {"pins": sorted(p.requirement for p in pins), "python": tag}
+
+
+def ensure_overlay(pins: Sequence[Pin], cache: Path, *, python: str = sys.executable,
+                   log: Callable[[str], None] = lambda _: None) -> tuple[Path, bool]:
+    """The overlay folder for ``pins``, installed now or reused; returns (folder, reused).
+
+    The install goes into a temporary folder that is renamed into place only after pip succeeded and
+    the stamp is written, so a half-installed overlay (pip killed, disk full) is never reused.
+    ``--only-binary`` keeps pip from compiling numpy from source when a wheel is missing.
+    """
+    key = overlay_key(pins, python)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    final = cache / digest
+    if _stamp_matches(final, key):
+        return final, True
+    cache.mkdir(parents=True, exist_ok=True)
+    temp = cache / f".tmp-{digest}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    command = [python, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--no-input",
+               "--disable-pip-version-check", "--quiet", "--target", str(temp), *key["pins"]]
+    log(f"installing {' '.join(key['pins'])} into {final}")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=PIP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise SetupError(f"pip install {' '.join(key['pins'])} took longer than {PIP_TIMEOUT:.0f}s") from None
+    if done.returncode != 0:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise SetupError(f"pip install {' '.join(key['pins'])} failed (exit {done.returncode}): "
+                         f"{_last_line(done.stderr, prefer=('ERROR:',)) or _last_line(done.stdout)}")
+    (temp / STAMP).write_text(json.dumps({**key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+    if _stamp_matches(final, key):  # another matrix built it meanwhile; theirs is as good
+        shutil.rmtree(temp, ignore_errors=True)
+        return final, True
+    shutil.rmtree(final, ignore_errors=True)  # a stale or broken folder of that name
+    os.replace(temp, final)
+    return final, False
+
+
+def _stamp_matches(folder: Path, key: Mapping[str, Any]) -> bool:
+    try:
+        stamp = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and stamp.get("pins") == key["pins"] and stamp.get("python") == key["python"]
+
+
+def _last_line(text: str, prefer: tuple[str, ...] = ()) -> str:
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(prefer) and prefer:
+            return line
+    return lines[-1] if lines else ""
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProfileOutcome:
+    """What happened to one profile: ``ok``, ``setup failed`` or ``run failed``, and why."""
+
+    name: str
+    changes: str
+    status: str = "ok"
+    reason: str = ""
+    bundle: str | None = None
+    log: str | None = None
+    exit_code: int | None = None
+    seconds: float = 0.0
+    overlay: str | None = None
+    overlay_reused: bool | None = None
+    environment_id: str | None = None
+    torch_cpu_capability: str | None = None
+    versions: dict[str, str | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    command: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def profile_environment(profile: Profile, overlay: Path | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables a profile's process runs with: ours, minus ``unset``, plus ``env``, overlay first."""
+    env = dict(os.environ if base is None else base)
+    for variable in profile.unset:
+        env.pop(variable, None)
+    env.update(profile.env)
+    if overlay is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(overlay), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def run_command(spec: MatrixSpec, bundle: Path, *, keyword: str | None, inputs_from: Path | None,
+                python: str = sys.executable) -> list[str]:
+    """The ``detharness run`` command line of one profile."""
+    command = [python, "-m", "detharness", "run", "--out", str(bundle), "--device", spec.device]
+    for path in spec.cases:
+        command += ["--cases", path]
+    if keyword or spec.keyword:
+        command += ["-k", keyword or spec.keyword or ""]
+    for tag in spec.tags:
+        command += ["--tag", tag]
+    for backend in spec.backends:
+        command += ["--backend", backend]
+    if spec.timeout is not None:
+        command += ["--timeout", f"{spec.timeout:g}"]
+    if inputs_from is not None:
+        command += ["--inputs-from", str(inputs_from)]
+    return command
+
+
+def _check_outcome(outcome: ProfileOutcome, profile: Profile, environment: Mapping[str, Any]) -> None:
+    """Record what really ran, and fail a profile whose pins did not take effect."""
+    outcome.torch_cpu_capability = environment.get("torch.cpu_capability")
+    asked = profile.env.get("ATEN_CPU_CAPABILITY")
+    used = outcome.torch_cpu_capability
+    if asked and used and asked.lower() != str(used).lower():
+        # torch takes an unknown or unsupported level silently and runs another one
+        outcome.notes.append(f"ATEN_CPU_CAPABILITY={asked} asked for; torch ran {used}")
+    wrong = []
+    for pin in profile.pins:
+        if pin.fingerprint_key not in environment:
+            continue  # not a package the fingerprint records: nothing to check against
+        recorded = environment.get(pin.fingerprint_key)
+        outcome.versions[pin.name] = recorded
+        same = recorded == pin.version or ("+" not in pin.version and str(recorded).split("+", 1)[0] == pin.version)
+        if not same:
+            wrong.append(f"{pin.name} {recorded} ran, {pin.version} pinned")
+    if wrong:
+        outcome.status = "run failed"
+        outcome.reason = "the overlay did not take effect: " + "; ".join(wrong)
+
+
+def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | None = None,
+               overlays: str | os.PathLike[str] | None = None, python: str = sys.executable,
+               progress: Callable[[str], None] = lambda _: None) -> list[ProfileOutcome]:
+    """Set up and run every profile, the baseline first; a failed one is recorded and the rest go on.
+
+    Bundles go to ``OUT/<profile>``, each run's output to ``OUT/<profile>.log``. Runs are sequential:
+    thread-count profiles need the machine's cores to themselves, and timings stay comparable.
+    """
+    from detharness import record as record_mod
+
+    out_dir = Path(out)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UsageError(f"--out {out}: not an empty folder; choose a new one")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = Path(overlays) if overlays else Path(spec.overlays) if spec.overlays else default_overlay_cache()
+    profiles = spec.ordered()
+    outcomes: list[ProfileOutcome] = []
+    inputs_from: Path | None = None
+    for index, profile in enumerate(profiles, 1):
+        start = time.perf_counter()
+        outcome = ProfileOutcome(name=profile.name, changes=profile.describe())
+        outcomes.append(outcome)
+        tag = f"[{index}/{len(profiles)}] {profile.name}"
+        overlay: Path | None = None
+        if profile.pins:
+            try:
+                overlay, reused = ensure_overlay(profile.pins, cache, python=python,
+                                                 log=lambda line: progress(f"{tag}: {line}"))
+            except SetupError as exc:
+                outcome.status, outcome.reason = "setup failed", str(exc)
+                outcome.seconds = round(time.perf_counter() - start, 1)
+                progress(f"{tag}: setup failed: {exc}")
+                continue
+            outcome.overlay, outcome.overlay_reused = str(overlay), reused
+        bundle = out_dir / profile.name
+        log_path = out_dir / f"{profile.name}.log"
+        command = run_command(spec, bundle, keyword=keyword, inputs_from=inputs_from, python=python)
+        outcome.command = " ".join(shlex.quote(part) for part in [*_env_words(profile, overlay), "detharness",
+                                                                   *command[3:]])
+        outcome.log = str(log_path)
+        progress(f"{tag}: running ({profile.describe()})")
+        try:
+            with open(log_path, "w", encoding="utf-8") as log_file:
+                done = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, check=False,
+                                      env=profile_environment(profile, overlay), timeout=spec.profile_timeout)
+            outcome.exit_code = done.returncode
+        except subprocess.TimeoutExpired:
+            outcome.status = "run failed"
+            outcome.reason = f"took longer than {spec.profile_timeout:.0f}s (see {log_path})"
+        outcome.seconds = round(time.perf_counter() - start, 1)
+        if outcome.status == "ok":
+            if outcome.exit_code not in (0, 1) or not (bundle / "manifest.json").exists():
+                outcome.status = "run failed"
+                last = _last_line(log_path.read_text(encoding="utf-8", errors="replace"), prefer=("detharness: error:",))
+                outcome.reason = f"detharness run exited {outcome.exit_code}: {last} (see {log_path})"
+            else:
+                record = record_mod.load(bundle)
+                outcome.bundle = str(bundle)
+                outcome.environment_id = record.environment_id
+                _check_outcome(outcome, profile, record.environment)
+        if outcome.status == "ok" and inputs_from is None:
+            inputs_from = bundle  # the first profile that ran provides everyone's inputs
+        note = f" ({'; '.join(outcome.notes)})" if outcome.notes else ""
+        progress(f"{tag}: {outcome.status}{': ' + outcome.reason if outcome.reason else ''} in {outcome.seconds:.1f}s{note}")
+    return outcomes
+
+
+def _env_words(profile: Profile, overlay: Path | None) -> list[str]:
+    """``env -u X A=1 PYTHONPATH=...`` for the reproduce line of a profile."""
+    words = ["env"] if profile.env or profile.unset or overlay is not None else []
+    for variable in profile.unset:
+        words += ["-u", variable]
+    words += [f"{k}={v}" for k, v in profile.env.items()]
+    if overlay is not None:
+        words.append(f"PYTHONPATH={overlay}")
+    return words
+
+
+def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *, keyword: str | None = None,
+                  seconds: float | None = None) -> dict[str, Any]:
+    """Compare every bundle that was written against the baseline's (or the first that ran).
+
+    A profile that failed adds one ``error`` result (check ``matrix``), so it shows in the summary
+    and fails the exit code like any other error.
+    """
+    from detharness import attribution, checks, record as record_mod, report as report_mod
+
+    ran = [o for o in outcomes if o.status == "ok" and o.bundle]
+    results: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {"profiles_file": spec.path, "profiles": [o.to_json() for o in outcomes],
+                             "bundles": [o.bundle for o in ran]}
+    environments: dict[str, Any] = {}
+    if ran:
+        records = [record_mod.load(o.bundle) for o in ran if o.bundle]
+        environments = {r.environment_id: r.environment for r in records}
+        if len(records) > 1:
+            compared, nway = attribution.compare_bundles(records, [o.name for o in ran], all_pairs=True)
+            results += compared
+            extra.update(nway)
+    for o in outcomes:
+        if o.status != "ok":
+            results.append(checks.new_result("matrix", "", f"profile {o.name}", "error",
+                                              f"profile {o.name} ({o.changes}): {o.status}: {o.reason}"))
+    return report_mod.build(results, environments, title=f"detharness matrix ({Path(spec.path).name})",
+                            seconds=seconds, extra=extra)

@@ -1,0 +1,118 @@
+"""The N-way sections of a report: profiles (``detharness matrix``), attribution, matrix, pairs.
+
+Shared by the text and markdown reports; both render only what the report dict holds, so a compare
+of two bundles (no ``matrix``) renders as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+# Wide matrices are read row by row; a column per environment is what the reader scans, so the
+# statuses get short names.
+_SHORT = {"identical": "=", "close": "close", "known": "known", "skipped": "skip", "missing": "missing",
+          "diverged": "DIVERGED", "mismatch": "MISMATCH", "error": "ERROR"}
+LEGEND = "= bitwise identical to the baseline; close: within tolerance but not bitwise; skip: not run on one side"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def profile_rows(profiles: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    rows = []
+    for p in profiles:
+        note = p.get("reason") or "; ".join(p.get("notes") or [])
+        if p.get("overlay_reused") is not None:
+            note = (note + "; " if note else "") + ("overlay reused" if p["overlay_reused"] else "overlay installed")
+        rows.append([p["name"], p["status"], p.get("changes") or "", str(p.get("torch_cpu_capability") or ""),
+                     (p.get("environment_id") or "")[:12], f"{p.get('seconds', 0):.1f}", note])
+    return rows
+
+
+PROFILE_HEADERS = ["profile", "status", "changes", "torch ran", "environment", "seconds", "note"]
+
+
+def _differs(cells: Mapping[str, str]) -> bool:
+    return any(status != "identical" for status in cells.values())
+
+
+def matrix_rows(matrix: Mapping[str, Any], table: str, only_differing: bool) -> list[list[str]]:
+    envs = matrix["environments"]
+    rows = []
+    for key, cells in matrix.get(table, {}).items():
+        if only_differing and not _differs(cells):
+            continue
+        rows.append([key, *[_SHORT.get(cells.get(e, ""), cells.get(e, "")) for e in envs]])
+    return rows
+
+
+def pairs_table(matrix: Mapping[str, Any], fmt: str) -> str:
+    """A triangle: how many outputs differ bitwise between two environments, of how many both ran."""
+    labels = [matrix["baseline"], *matrix["environments"]]
+    counts = {(p["a"], p["b"]): p for p in matrix.get("pairs", [])}
+    rows = []
+    for i, a in enumerate(labels):
+        row = [a]
+        for j, b in enumerate(labels):
+            pair = counts.get((a, b)) or counts.get((b, a))
+            row.append("" if j <= i or pair is None else f"{pair['differing']}/{pair['compared']}")
+        rows.append(row)
+    return tabulate(rows, headers=["", *labels], tablefmt=fmt, disable_numparse=True)
+
+
+def text_sections(report: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    profiles = report.get("profiles")
+    if profiles:
+        lines += ["", "profiles:", tabulate(profile_rows(profiles), headers=PROFILE_HEADERS, tablefmt="simple",
+                                            disable_numparse=True)]
+    matrix = report.get("matrix")
+    if not matrix:
+        return lines
+    envs = matrix["environments"]
+    rows = matrix_rows(matrix, "cases", only_differing=True)
+    lines += ["", f"matrix: worst status of each case against the baseline {matrix['baseline']!r} ({LEGEND})"]
+    if rows:
+        lines.append(tabulate(rows, headers=["case", *envs], tablefmt="simple", disable_numparse=True))
+    same = len(matrix.get("cases", {})) - len(rows)
+    lines.append(f"{same} case(s) bitwise identical in every environment")
+    if matrix.get("pairs"):
+        lines += ["", "outputs that differ bitwise between two environments (differing/compared):",
+                  pairs_table(matrix, "simple")]
+    attribution = report.get("attribution") or []
+    lines += ["", "attribution:" if attribution else "attribution: no output differs from the baseline"]
+    lines += [f"  - {entry['line']}" for entry in attribution]
+    return lines
+
+
+def markdown_sections(report: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    profiles = report.get("profiles")
+    if profiles:
+        rows = [[_cell(c) for c in row] for row in profile_rows(profiles)]
+        out += ["### Profiles", "", tabulate(rows, headers=PROFILE_HEADERS, tablefmt="github", disable_numparse=True), ""]
+    matrix = report.get("matrix")
+    if not matrix:
+        return out
+    attribution = report.get("attribution") or []
+    out += ["### Attribution", ""]
+    out += [f"- {_cell(entry['line'])}" for entry in attribution] or ["No output differs from the baseline."]
+    out.append("")
+    envs = matrix["environments"]
+    headers = [f"`{_cell(e)}`" for e in envs]
+    rows = [[f"`{_cell(r[0])}`", *r[1:]] for r in matrix_rows(matrix, "cases", only_differing=False)]
+    out += [f"### Matrix against `{_cell(matrix['baseline'])}`", "", f"_{LEGEND}._", "",
+            tabulate(rows, headers=["case", *headers], tablefmt="github", disable_numparse=True), ""]
+    differing = [[f"`{_cell(r[0])}`", *r[1:]] for r in matrix_rows(matrix, "variants", only_differing=True)]
+    if differing:
+        out += [f"<details><summary>{len(differing)} variant(s) not bitwise identical somewhere</summary>", "",
+                tabulate(differing, headers=["variant", *headers], tablefmt="github", disable_numparse=True), "",
+                "</details>", ""]
+    if matrix.get("pairs"):
+        out += ["<details><summary>Outputs that differ bitwise between two environments (differing/compared)</summary>",
+                "", pairs_table(matrix, "github"), "", "</details>", ""]
+    return out

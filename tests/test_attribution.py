@@ -1,0 +1,208 @@
+"""N-way compare and attribution: which fingerprint keys separate the environments that diverge."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detharness import attribution
+from detharness.attribution import Environment, attribute, bundle_labels, compare_bundles, separating_keys
+from detharness.record import RunRecord, VariantRecord
+from detharness.report import build, render
+
+BASE = {"machine.arch": "x86_64", "cpu.count": 2, "torch.cpu_capability": "AVX512", "env.ATEN_CPU_CAPABILITY": None,
+        "numpy.version": "2.4.6", "jax.version": "0.10.2", "env.XLA_FLAGS": None, "env.OMP_NUM_THREADS": None}
+
+
+def fp(**changes: Any) -> dict[str, Any]:
+    keys = {k.replace("__", "."): v for k, v in changes.items()}
+    return {**BASE, **keys}
+
+
+ENVS = {
+    "baseline": fp(),
+    "aten-default": fp(torch__cpu_capability="DEFAULT", env__ATEN_CPU_CAPABILITY="default"),
+    "aten-avx2": fp(torch__cpu_capability="AVX2", env__ATEN_CPU_CAPABILITY="avx2"),
+    "aten-avx512": fp(env__ATEN_CPU_CAPABILITY="avx512"),
+    "omp-1": fp(env__OMP_NUM_THREADS="1"),
+    "numpy-2.2": fp(numpy__version="2.2.6"),
+}
+
+
+def test_one_key_separates_and_the_backends_own_key_ranks_first() -> None:
+    differing = [ENVS["aten-default"], ENVS["aten-avx2"]]
+    agreeing = [ENVS["baseline"], ENVS["aten-avx512"], ENVS["omp-1"], ENVS["numpy-2.2"]]
+    assert separating_keys(differing, agreeing, prefer=("torch",)) == [
+        ("torch.cpu_capability",), ("env.ATEN_CPU_CAPABILITY",)]
+    # Without a backend to prefer, variables come before other keys.
+    assert separating_keys(differing, agreeing) == [("env.ATEN_CPU_CAPABILITY",), ("torch.cpu_capability",)]
+
+
+def test_volatile_keys_never_explain_anything() -> None:
+    assert separating_keys([fp(cpu__count=4)], [fp()]) == []
+
+
+def test_the_smallest_set_when_no_single_key_separates() -> None:
+    # Differs only where numpy is 2.2 AND there is one thread: neither key alone separates.
+    envs = {
+        "a": fp(), "b": fp(numpy__version="2.2.6"), "c": fp(env__OMP_NUM_THREADS="1"),
+        "d": fp(numpy__version="2.2.6", env__OMP_NUM_THREADS="1"),
+    }
+    assert separating_keys([envs["d"]], [envs["a"], envs["b"], envs["c"]]) == [
+        ("env.OMP_NUM_THREADS", "numpy.version")]
+
+
+def test_nothing_separates_environments_alike_in_every_key() -> None:
+    assert separating_keys([fp(), fp(numpy__version="2.2.6")], [fp()]) == []
+
+
+def result(label: str, variant: str, status: str, output: str | None = "y", max_ulp: int | None = None) -> dict[str, Any]:
+    return {"check": "environment", "case": variant.split("[")[0], "variant": variant, "output": output,
+            "status": status, "max_ulp": max_ulp if status != "identical" else 0, "candidate_label": label,
+            "baseline_label": "baseline"}
+
+
+SOFTMAX = "models/softmax[torch:cpu:float32:eager]"
+LAYER_NORM = "models/layer_norm[torch:cpu:float32:eager]"
+GELU = "models/gelu[jax:cpu:float32:jit]"
+
+
+def environments(*labels: str) -> list[Environment]:
+    return [Environment(label, f"id-{label}", ENVS[label]) for label in labels]
+
+
+def test_attribution_names_the_key_and_groups_outputs_that_share_it() -> None:
+    envs = environments("baseline", "aten-default", "aten-avx2", "aten-avx512", "omp-1", "numpy-2.2")
+    results = []
+    for label in ("aten-default", "aten-avx2", "aten-avx512", "omp-1", "numpy-2.2"):
+        results.append(result(label, SOFTMAX, "close" if label in ("aten-default", "aten-avx2") else "identical", max_ulp=6))
+        results.append(result(label, LAYER_NORM, "diverged" if label == "aten-default" else "identical", max_ulp=16393))
+        results.append(result(label, GELU, "identical"))
+    entries = attribute(results, envs, backends={SOFTMAX: "torch", LAYER_NORM: "torch", GELU: "jax"})
+    assert [e["line"] for e in entries] == [
+        "every environment with torch.cpu_capability=DEFAULT [aten-default] differs from baseline on "
+        "models/layer_norm[torch:cpu:float32:eager] y (diverged, 16,393 ulp); the 5 with torch.cpu_capability in "
+        "{AVX2, AVX512} agree (also separated by env.ATEN_CPU_CAPABILITY)",
+        "every environment with torch.cpu_capability in {AVX2, DEFAULT} [aten-avx2, aten-default] differs from "
+        "baseline on models/softmax[torch:cpu:float32:eager] y (close, 6 ulp); the 4 with "
+        "torch.cpu_capability=AVX512 agree (also separated by env.ATEN_CPU_CAPABILITY)",
+    ]
+    first = entries[0]
+    assert first["kind"] == "differs" and first["exact"] and first["status"] == "diverged"
+    assert first["keys"] == ["torch.cpu_capability"]
+    assert first["values"] == {"differing": [["DEFAULT"]], "agreeing": [["AVX2"], ["AVX512"]]}
+    assert first["agreeing"] == ["baseline", "aten-avx2", "aten-avx512", "numpy-2.2", "omp-1"]
+
+
+def test_outputs_with_the_same_cause_share_one_line() -> None:
+    envs = environments("baseline", "aten-default", "omp-1")
+    results = [result("aten-default", SOFTMAX, "close", max_ulp=3), result("aten-default", LAYER_NORM, "close", max_ulp=9),
+               result("omp-1", SOFTMAX, "identical"), result("omp-1", LAYER_NORM, "identical")]
+    (entry,) = attribute(results, envs, backends={SOFTMAX: "torch", LAYER_NORM: "torch"})
+    assert [m["variant"] for m in entry["members"]] == [LAYER_NORM, SOFTMAX]
+    assert entry["line"].startswith(f"every environment with torch.cpu_capability=DEFAULT [aten-default] differs from "
+                                    f"baseline on {LAYER_NORM} y (close, 9 ulp), {SOFTMAX} y (close, 3 ulp); the 2 with")
+
+
+def test_environments_that_did_not_run_a_variant_are_left_out() -> None:
+    envs = environments("baseline", "aten-default", "omp-1", "numpy-2.2")
+    results = [result("aten-default", SOFTMAX, "close", max_ulp=3), result("omp-1", SOFTMAX, "identical"),
+               result("numpy-2.2", SOFTMAX, "error", output=None)]
+    (entry,) = attribute(results, envs, backends={SOFTMAX: "torch"})
+    assert entry["not_compared"] == ["numpy-2.2"]
+    assert entry["agreeing"] == ["baseline", "omp-1"]
+
+
+def test_no_separating_key_says_so() -> None:
+    envs = [Environment("baseline", "a", fp()), Environment("rerun", "a", fp())]
+    (entry,) = attribute([result("rerun", SOFTMAX, "close", max_ulp=1)], envs)
+    assert not entry["exact"] and entry["keys"] == []
+    assert entry["line"] == ("no recorded key separates the environments that differ [rerun] from the 1 that agree, on "
+                             "models/softmax[torch:cpu:float32:eager] y (close, 1 ulp): nondeterminism, or a cause "
+                             "the fingerprint does not record")
+
+
+@pytest.mark.parametrize(
+    ("paths", "labels"),
+    [
+        (["bundles/x86-cpu", "bundles/arm-cpu/"], ["x86-cpu", "arm-cpu"]),
+        (["a/run", "b/run", "c"], ["a/run", "b/run", "c"]),
+        (["same", "same"], ["same", "same#2"]),
+    ],
+    ids=["folder-names", "clashing-names-keep-paths", "same-path-twice"],
+)
+def test_bundle_labels(paths: list[str], labels: list[str]) -> None:
+    assert bundle_labels(paths) == labels
+
+
+def record(label: str, outputs: dict[str, Any], errors: tuple[str, ...] = ()) -> RunRecord:
+    """An in-memory bundle: one variant per entry of ``outputs``."""
+    variants = {}
+    for vid, y in outputs.items():
+        case, rest = vid.split("[")
+        impl, device, dtype, mode = rest[:-1].split(":", 3)
+        status = "error" if vid in errors else "ok"
+        variants[vid] = VariantRecord(id=vid, case=case, impl=impl, backend=impl, device=device, dtype=dtype, mode=mode,
+                                      status=status, error="boom" if status == "error" else None,
+                                      outputs={} if status == "error" else {"y": y})
+    return RunRecord(environment=ENVS[label], environment_id=f"{label}-id", variants=variants, path=label)
+
+
+ORT = "models/softmax[onnxruntime:cpu:float32:opt:all]"
+
+
+def test_compare_bundles_builds_matrix_pairs_and_error_attribution() -> None:
+    y = np.linspace(0, 1, 64, dtype=np.float32)
+    y_moved = y.copy()
+    y_moved[3] = np.nextafter(y_moved[3], np.float32(2))
+    records = [
+        record("baseline", {SOFTMAX: y, ORT: y}),
+        record("aten-default", {SOFTMAX: y_moved, ORT: y}),
+        record("numpy-2.2", {SOFTMAX: y, ORT: y}, errors=(ORT,)),
+    ]
+    labels = ["baseline", "aten-default", "numpy-2.2"]
+    results, extra = compare_bundles(records, labels, all_pairs=True)
+    assert {(r["candidate_label"], r["variant"], r["status"]) for r in results} == {
+        ("aten-default", SOFTMAX, "close"), ("aten-default", ORT, "identical"),
+        ("numpy-2.2", SOFTMAX, "identical"), ("numpy-2.2", ORT, "error")}
+    matrix = extra["matrix"]
+    assert matrix["baseline"] == "baseline" and matrix["environments"] == ["aten-default", "numpy-2.2"]
+    assert matrix["ids"] == {"baseline": "baseline-id", "aten-default": "aten-default-id", "numpy-2.2": "numpy-2.2-id"}
+    assert matrix["cases"] == {"models/softmax": {"aten-default": "close", "numpy-2.2": "error"}}
+    assert matrix["variants"][SOFTMAX] == {"aten-default": "close", "numpy-2.2": "identical"}
+    assert matrix["pairs"] == [
+        {"a": "baseline", "b": "aten-default", "compared": 2, "differing": 1},
+        {"a": "baseline", "b": "numpy-2.2", "compared": 1, "differing": 0},
+        {"a": "aten-default", "b": "numpy-2.2", "compared": 1, "differing": 1},
+    ]
+    lines = [e["line"] for e in extra["attribution"]]
+    assert lines == [
+        "every environment with numpy.version=2.2.6 [numpy-2.2] fails on "
+        "models/softmax[onnxruntime:cpu:float32:opt:all] (error); the 2 with numpy.version=2.4.6 run it",
+        "every environment with torch.cpu_capability=DEFAULT [aten-default] differs from baseline on "
+        "models/softmax[torch:cpu:float32:eager] y (close, 1 ulp); the 2 with torch.cpu_capability=AVX512 agree "
+        "(also separated by env.ATEN_CPU_CAPABILITY)",
+    ]
+    report = build(results, {r.environment_id: r.environment for r in records}, title="t", extra=extra)
+    text = render(report, "text")
+    assert "attribution:\n  - every environment with numpy.version=2.2.6" in text
+    markdown = render(report, "md")
+    assert "### Attribution" in markdown and "### Matrix against `baseline`" in markdown
+    assert "| `models/softmax` | close | ERROR |" in re.sub(" +", " ", markdown)
+
+
+def test_two_bundles_add_no_matrix_unless_all_pairs_is_asked() -> None:
+    y = np.zeros(4, dtype=np.float32)
+    records = [record("baseline", {SOFTMAX: y}), record("omp-1", {SOFTMAX: y})]
+    assert compare_bundles(records, ["baseline", "omp-1"])[1] == {}
+    assert set(compare_bundles(records, ["baseline", "omp-1"], all_pairs=True)[1]) == {"matrix", "attribution"}
+
+
+def test_large_key_sets_stop_before_triples(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attribution, "MAX_KEYS_FOR_TRIPLES", 1)
+    envs = {"a": fp(), "b": fp(numpy__version="2.2.6"), "c": fp(env__OMP_NUM_THREADS="1"),
+            "d": fp(numpy__version="2.2.6", env__OMP_NUM_THREADS="1")}
+    assert separating_keys([envs["d"]], [envs["a"], envs["b"], envs["c"]])  # pairs are still tried
