@@ -1,9 +1,10 @@
 """A conv block: Conv2d(3 -> 8, 3x3, padding 1) -> BatchNorm2d (eval) -> ReLU.
 
-ONNX Runtime fuses conv, batch norm and relu at its higher optimization levels, and CPUs pick
-different conv algorithms (onnxruntime#14500, #16275); conv outputs cancel near zero (19 of 6.5M
-elements off with a max relative error of 0.667 in onnxruntime#18946), so they are judged by the
-error relative to the output's scale.
+The ONNX export folds the eval-mode batch norm into the conv's weights, ONNX Runtime fuses conv
+and relu at its higher optimization levels, and CPUs pick different conv algorithms
+(onnxruntime#14500, #16275); conv outputs cancel near zero (19 of 6.5M elements off with a max
+relative error of 0.667 in onnxruntime#18946), so they are judged by the error relative to the
+output's scale.
 """
 
 import numpy as np
@@ -30,7 +31,8 @@ c = case(
     description="conv 3x3 + batch norm (eval) + relu on 4 x 3 x 32 x 32 images",
     inputs=lambda rng: {"x": rng.standard_normal((4, 3, 32, 32)).astype("float32")},
     params=_params,
-    tolerance={"float32": "scaled(4e-6)", "float16": "scaled(4e-3)", "bfloat16": "scaled(3e-2)"},
+    # Worst scaled error here x3, rounded up for other CPUs' kernels: f32 2.6e-7, f16 8.9e-4, bf16 6.5e-3
+    tolerance={"float32": "scaled(8e-7)", "float16": "scaled(3e-3)", "bfloat16": "scaled(2e-2)"},
 )
 
 
@@ -46,7 +48,7 @@ def _(x, params):
     return {"y": np.maximum(y, 0)}
 
 
-@c.impl("torch", backend="torch", module=True, dtypes=("float32", "bfloat16"), modes=("eager", "onnx"))
+@c.impl("torch", backend="torch", module=True, dtypes=("float32", "float16", "bfloat16"), modes=("eager", "onnx"))
 def _(params):
     import torch
 
@@ -62,7 +64,7 @@ def _(params):
     return torch.nn.Sequential(conv, bn, torch.nn.ReLU()).eval()
 
 
-@c.impl("jax", backend="jax", module=True, dtypes=("float32",))
+@c.impl("jax", backend="jax", module=True, dtypes=("float32", "float16", "bfloat16"))
 def _(params):
     import jax
     import jax.numpy as jnp

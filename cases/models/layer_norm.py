@@ -1,7 +1,8 @@
 """Layer normalization with learned scale and shift.
 
-Outputs near zero make ULP counts explode (torch vs a numpy formula: 16,393 ULP at worst here),
-so float32 is judged by ULP or by error relative to the output's scale.
+torch's kernel, ONNX Runtime's LayerNormalization (the export) and a jax formula each compute
+mean and variance their own way. Outputs near zero make ULP counts explode (torch vs a numpy
+formula: 16,393 ULP at worst here), so they are judged by the error relative to the output's scale.
 """
 
 import numpy as np
@@ -17,7 +18,8 @@ c = case(
     inputs=lambda rng: {"x": (rng.standard_normal((512, 256)) * 4 + 1).astype("float32")},
     params=lambda rng: {"weight": (1 + 0.1 * rng.standard_normal(256)).astype("float32"),
                         "bias": (0.1 * rng.standard_normal(256)).astype("float32")},
-    tolerance={"float32": "ulp(16) | scaled(1e-6)", "float16": "close(4e-3, 1e-3)", "bfloat16": "close(3e-2, 2e-2)"},
+    # Worst scaled error here x3, rounded up for other CPUs' kernels: f32 1.4e-7, f16 1.3e-3, bf16 9.6e-3
+    tolerance={"float32": "scaled(5e-7)", "float16": "scaled(4e-3)", "bfloat16": "scaled(3e-2)"},
 )
 
 
@@ -28,14 +30,18 @@ def _(x, params):
     return {"y": (x - mean) / np.sqrt(var + EPS) * params["weight"] + params["bias"]}
 
 
-@c.impl("torch", backend="torch", dtypes=("float32", "float16", "bfloat16"))
-def _(x, params):
+@c.impl("torch", backend="torch", module=True, dtypes=("float32", "float16", "bfloat16"), modes=("eager", "onnx"))
+def _(params):
     import torch
 
-    return {"y": torch.nn.functional.layer_norm(x, x.shape[-1:], params["weight"], params["bias"], EPS)}
+    norm = torch.nn.LayerNorm(256, eps=EPS)
+    with torch.no_grad():
+        norm.weight.copy_(params["weight"])
+        norm.bias.copy_(params["bias"])
+    return norm
 
 
-@c.impl("jax", backend="jax", dtypes=("float32", "bfloat16"))
+@c.impl("jax", backend="jax", dtypes=("float32", "float16", "bfloat16"))
 def _(x, params):
     import jax.numpy as jnp
 

@@ -26,7 +26,8 @@ c = case(
     description="Linear(64, 128) -> ReLU -> Linear(128, 10) on a batch of 256",
     inputs=lambda rng: {"x": rng.standard_normal((256, 64)).astype("float32")},
     params=_params,
-    tolerance={"float32": "scaled(4e-6)", "float16": "scaled(4e-3)", "bfloat16": "scaled(3e-2)"},
+    # Worst scaled error here x3, rounded up for other CPUs' kernels: f32 2.7e-7, f16 6.4e-4, bf16 5.7e-3
+    tolerance={"float32": "scaled(9e-7)", "float16": "scaled(2e-3)", "bfloat16": "scaled(2e-2)"},
 )
 
 
@@ -49,7 +50,7 @@ def _(params):
     return model
 
 
-@c.impl("jax", backend="jax", module=True, dtypes=("float32", "bfloat16"))
+@c.impl("jax", backend="jax", module=True, dtypes=("float32", "float16", "bfloat16"))
 def _(params):
     import jax.numpy as jnp
 

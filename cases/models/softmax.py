@@ -15,8 +15,9 @@ c = case(
     inputs=lambda rng: {"x": (rng.standard_normal((256, 512)) * 3).astype("float32")},
     # exp(z) turns the rounding of z = x - max into a relative error of |z| ulp; |z| reaches ~20
     # here, so float32 lands up to ~22 ulp from float64 (torch, jax and onnxruntime alike).
-    # Half precision is judged against the output's scale, its largest value.
-    tolerance={"float32": "ulp(32)", "float16": "scaled(2e-3)", "bfloat16": "scaled(1.6e-2)"},
+    # Half precision is judged against the output's scale, its largest value: worst here 1.4e-3
+    # (float16, jax) and 1.0e-2 (bfloat16, torch); each bound is 3x that, rounded up.
+    tolerance={"float32": "ulp(32)", "float16": "scaled(5e-3)", "bfloat16": "scaled(4e-2)"},
 )
 
 
@@ -26,14 +27,14 @@ def _(x):
     return {"y": e / e.sum(-1, keepdims=True)}
 
 
-@c.impl("torch", backend="torch", dtypes=("float32", "float16", "bfloat16"))
-def _(x):
+@c.impl("torch", backend="torch", module=True, dtypes=("float32", "float16", "bfloat16"), modes=("eager", "onnx"))
+def _(params):
     import torch
 
-    return {"y": torch.softmax(x, dim=-1)}
+    return torch.nn.Softmax(dim=-1)
 
 
-@c.impl("jax", backend="jax", dtypes=("float32", "bfloat16"))
+@c.impl("jax", backend="jax", dtypes=("float32", "float16", "bfloat16"))
 def _(x):
     import jax
 
