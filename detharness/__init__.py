@@ -5,6 +5,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from detharness.backends.base import UnsupportedVariant  # noqa: E402
 from detharness.cases import Case, KnownDivergence, Registry, case  # noqa: E402
 from detharness.compare import Status, Tolerance, Verdict, compare, ulp_distance  # noqa: E402
 
@@ -14,6 +15,7 @@ __all__ = [
     "Registry",
     "Status",
     "Tolerance",
+    "UnsupportedVariant",
     "Verdict",
     "__version__",
     "case",

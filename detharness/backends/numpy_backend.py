@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from detharness.backends.base import Backend
+from detharness.dtypes import ALL_DTYPES
 
 
 class NumpyBackend(Backend):
@@ -21,6 +22,8 @@ class NumpyBackend(Backend):
     install_hint = "pip install numpy"
     modes = ("eager",)
     default_modes = ("eager",)
+    # Text preprocessing takes string arrays; numpy is the one backend that holds them as they are.
+    dtypes = (*ALL_DTYPES, "str")
 
     def _to_native(self, array: np.ndarray, device: str) -> Any:
         # A read-only view copies nothing, yet an implementation that writes into its input
