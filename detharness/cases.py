@@ -42,6 +42,12 @@ from detharness.errors import CaseError
 _CASE_ID = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
 _IMPL_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
+#: What a case computes. ``compute``: outputs that implementations must agree on (the backend and
+#: device checks). ``rng``: seeded random streams, judged by the ``rng`` check: reseeding must give
+#: the same stream, a device's stream is held against the CPU's, and across bundles every stream
+#: must be bit for bit the baseline's. An rng case carries the tag ``rng``.
+CASE_KINDS = ("compute", "rng")
+
 ArrayDict = dict[str, np.ndarray]
 InputFactory = Callable[[np.random.Generator], Mapping[str, Any]]
 
@@ -52,17 +58,22 @@ class KnownDivergence:
 
     ``variants`` is a glob over variant ids (``*[torch:*``); ``checks`` the check kinds it covers;
     ``when`` maps environment fingerprint keys to globs (``{"torch.cpu_capability": "DEFAULT"}``),
-    all of which must match for the divergence to apply. Outside those conditions the variant is
-    judged as usual, so a fix or a platform change shows up again as ``diverged``.
+    all of which must match for the divergence to apply; ``against`` is a glob over what the
+    variant is held against (a result's ``baseline``: ``*[*:cpu:*`` for a CUDA stream held against
+    the CPU's, but not against another CUDA run's). Outside those conditions the variant is judged
+    as usual, so a fix or a platform change shows up again as ``diverged``.
     """
 
     reason: str
     variants: str = "*"
-    checks: tuple[str, ...] = ("backend", "device", "environment", "repeat")
+    checks: tuple[str, ...] = ("backend", "device", "environment", "repeat", "rng", "roundtrip")
     when: Mapping[str, str] = field(default_factory=dict)
+    against: str = "*"
 
-    def applies(self, variant_id: str, check: str, environment: Mapping[str, Any]) -> bool:
+    def applies(self, variant_id: str, check: str, environment: Mapping[str, Any], baseline: str | None = None) -> bool:
         if check not in self.checks or not fnmatch.fnmatchcase(variant_id, self.variants):
+            return False
+        if self.against != "*" and (baseline is None or not fnmatch.fnmatchcase(baseline, self.against)):
             return False
         for key, pattern in self.when.items():
             value = environment.get(key)
@@ -71,7 +82,10 @@ class KnownDivergence:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {"reason": self.reason, "variants": self.variants, "checks": list(self.checks), "when": dict(self.when)}
+        data = {"reason": self.reason, "variants": self.variants, "checks": list(self.checks), "when": dict(self.when)}
+        if self.against != "*":
+            data["against"] = self.against
+        return data
 
 
 @dataclass
@@ -111,9 +125,15 @@ class Variant:
         return variant_id(self.case.id, self.impl.name, self.device, self.dtype, self.mode)
 
     @property
+    def tags(self) -> frozenset[str]:
+        """The case's tags, plus ``roundtrip`` for a round-trip mode: ``--tag roundtrip`` selects
+        every round trip, also those of model cases whose other variants are not round trips."""
+        return self.case.tags | {"roundtrip"} if self.mode.startswith("roundtrip:") else self.case.tags
+
+    @property
     def keywords(self) -> set[str]:
         """Names a ``-k`` expression can match besides the id: tags, backend, device, dtype, mode."""
-        return {*self.case.tags, self.impl.backend, self.impl.name, self.device, self.dtype, self.mode}
+        return {*self.tags, self.impl.backend, self.impl.name, self.device, self.dtype, self.mode}
 
 
 def variant_id(case_id: str, impl: str, device: str, dtype: str, mode: str) -> str:
@@ -149,13 +169,17 @@ class Case:
         description: str = "",
         location: str = "",
         fingerprint_extra: str = "",
+        kind: str = "compute",
     ) -> None:
         if not isinstance(id, str) or not _CASE_ID.match(id):
             raise CaseError(f"bad case id {id!r}: use slash-separated names of letters, digits, '_', '-', '.', '+'")
+        if kind not in CASE_KINDS:
+            raise CaseError(f"case {id}: kind {kind!r} is not one of {', '.join(CASE_KINDS)}")
         self.id = id
+        self.kind = kind
         self.inputs_factory = inputs
         self.params_factory = params
-        self.tags = frozenset(tags)
+        self.tags = frozenset(tags) | ({"rng"} if kind == "rng" else set())
         self.tolerance = tolerance
         self.seed = seed
         self.outputs = tuple(outputs) if outputs else None
@@ -165,6 +189,10 @@ class Case:
         self.location = location
         self.fingerprint_extra = fingerprint_extra
         self.impls: dict[str, Implementation] = {}
+        # Round trips declared with .roundtrip(): (impl name, format names, dtypes, devices).
+        self.roundtrips: list[tuple[str, tuple[str, ...], tuple[str, ...] | None, tuple[str, ...] | None]] = []
+        # Formats this case brings itself (a custom save and load), by name.
+        self.roundtrip_formats: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"Case({self.id!r}, impls={list(self.impls)})"
@@ -213,11 +241,47 @@ class Case:
         return register
 
     def known_divergence(self, reason: str, *, variants: str = "*", checks: Sequence[str] | None = None,
-                         when: Mapping[str, str] | None = None) -> Case:
+                         when: Mapping[str, str] | None = None, against: str = "*") -> Case:
         """Declare a known divergence (see :class:`KnownDivergence`); returns the case for chaining."""
         self.known.append(KnownDivergence(reason=reason, variants=variants,
                                           checks=tuple(checks) if checks else KnownDivergence.checks,
-                                          when=dict(when or {})))
+                                          when=dict(when or {}), against=against))
+        return self
+
+    def roundtrip(self, impl: str, formats: Sequence[Any] | None = None, *, dtypes: Sequence[str] | None = None,
+                  devices: Sequence[str] | None = None) -> Case:
+        """Add round-trip variants to the module builder ``impl``: one mode ``roundtrip:<format>`` each.
+
+        ``formats`` are names of registered formats of the implementation's backend (default:
+        all of them, see :mod:`detharness.roundtrip`) or format objects of the case's own (a
+        subclass of a built-in format). ``dtypes`` defaults to the implementation's first dtype
+        only, ``devices`` to its devices. Returns the case for chaining.
+        """
+        from detharness import roundtrip as rt  # imports no framework
+
+        if impl not in self.impls:
+            raise CaseError(f"case {self.id}: round trips of unknown implementation {impl!r} "
+                            f"(known: {', '.join(self.impls) or 'none'}); declare the implementation first")
+        implementation = self.impls[impl]
+        if not implementation.module:
+            raise CaseError(f"case {self.id}: implementation {impl!r} is a plain function; round trips save and "
+                            "load what a module builder returns (module=True)")
+        names: list[str] = []
+        for fmt in formats if formats is not None else rt.formats_for(implementation.backend):
+            if isinstance(fmt, rt.RoundtripFormat):
+                if fmt.backend != implementation.backend:
+                    raise CaseError(f"case {self.id}: format {fmt.name!r} is for {fmt.backend}, "
+                                    f"implementation {impl!r} runs on {implementation.backend}")
+                self.roundtrip_formats[fmt.name] = fmt
+                names.append(fmt.name)
+            elif rt.find_format(implementation.backend, str(fmt), self.roundtrip_formats) is not None:
+                names.append(str(fmt))
+            else:
+                known = ", ".join(f.name for f in rt.formats_for(implementation.backend)) or "none"
+                raise CaseError(f"case {self.id}: no round-trip format {fmt!r} for backend "
+                                f"{implementation.backend!r} (known: {known})")
+        self.roundtrips.append((impl, tuple(names), tuple(dtypes) if dtypes else None,
+                                tuple(devices) if devices else None))
         return self
 
     # -- queries -----------------------------------------------------------------------------
@@ -233,12 +297,23 @@ class Case:
         return Variant(self, ref, "cpu", ref.dtypes[0], ref.modes[0]) if ref is not None else None
 
     def variants(self) -> Iterator[Variant]:
-        """Every variant the case declares, whatever this machine has."""
+        """Every variant the case declares, whatever this machine has (round trips last)."""
+        seen: set[str] = set()
         for impl in self.impls.values():
             for device in impl.devices:
                 for dtype in impl.dtypes:
                     for mode in impl.modes:
+                        seen.add(variant_id(self.id, impl.name, device, dtype, mode))
                         yield Variant(self, impl, device, dtype, mode)
+        for name, formats, dtypes, devices in self.roundtrips:
+            impl = self.impls[name]
+            for device in devices or impl.devices:
+                for dtype in dtypes or impl.dtypes[:1]:
+                    for fmt in formats:
+                        v = Variant(self, impl, device, dtype, f"roundtrip:{fmt}")
+                        if v.id not in seen:  # declared twice (modes= and .roundtrip()): run once
+                            seen.add(v.id)
+                            yield v
 
     def make_inputs(self) -> ArrayDict:
         return _make_arrays(self, self.inputs_factory, stream=0, what="inputs")
@@ -259,8 +334,9 @@ class Case:
                 return tol[key]
         return None
 
-    def known_for(self, variant: str, check: str, environment: Mapping[str, Any]) -> KnownDivergence | None:
-        return next((k for k in self.known if k.applies(variant, check, environment)), None)
+    def known_for(self, variant: str, check: str, environment: Mapping[str, Any],
+                  baseline: str | None = None) -> KnownDivergence | None:
+        return next((k for k in self.known if k.applies(variant, check, environment, baseline)), None)
 
     @property
     def fingerprint(self) -> str:
@@ -279,6 +355,12 @@ class Case:
             "extra": self.fingerprint_extra,
             "impls": {n: [i.backend, i.source, i.dtypes, i.modes, i.reference, i.module] for n, i in self.impls.items()},
         }
+        # Only when set, so that the fingerprints of cases without them stay what they were.
+        if self.kind != "compute":
+            parts["kind"] = self.kind
+        if self.roundtrips:
+            parts["roundtrips"] = [[i, list(f), d, v] for i, f, d, v in self.roundtrips]
+            parts["roundtrip_formats"] = sorted(f.fingerprint() for f in self.roundtrip_formats.values())
         h.update(json.dumps(parts, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
 
@@ -286,6 +368,7 @@ class Case:
         ref = self.reference_impl
         return {
             "id": self.id,
+            "kind": self.kind,
             "tags": sorted(self.tags),
             "description": self.description,
             "location": self.location,
@@ -405,6 +488,22 @@ def collecting_into(registry: Registry) -> Iterator[Registry]:
         yield registry
     finally:
         _state.registry = previous
+
+
+def include(path: str | Path) -> Registry:
+    """Load another case file, relative to the calling one, into the registry being collected.
+
+    For a case file that builds on cases defined elsewhere: ``cases/roundtrip/models.py`` adds
+    round trips to ``models/mlp`` with ``include("../models/mlp.py")["models/mlp"].roundtrip(...)``,
+    reusing its module builder. A file is loaded once per registry, whichever file asks first.
+    """
+    frame = sys._getframe(1)
+    target = Path(frame.f_code.co_filename).resolve().parent / path
+    if not target.is_file():
+        raise CaseError(f"include({str(path)!r}) from {display_path(frame.f_code.co_filename)}: no such case file")
+    registry = _current_registry()
+    load_case_file(target, registry)
+    return registry
 
 
 def case(id: str, **options: Any) -> Case:

@@ -3,8 +3,14 @@
 - ``backend``: every implementation against its case's reference (an implementation or stored
   outputs);
 - ``device``: a CUDA variant against the same variant on the CPU;
-- ``repeat``: a variant run N times, whose outputs must be bitwise identical;
-- ``environment``: a bundle against a baseline bundle, variant by variant.
+- ``repeat``: a variant run N times (``--repeat``), or in N fresh processes
+  (``--repeat-processes``), whose outputs must be bitwise identical;
+- ``rng``: an rng case's streams: reseeding must reproduce each stream; a device's stream is held
+  against the CPU's; across bundles every stream must be the baseline's, bit for bit;
+- ``roundtrip``: a round-trip variant's outputs after a save and a load against its outputs
+  before, and the sha256 of every parameter before against after;
+- ``environment``: a bundle against a baseline bundle, variant by variant (an rng case's streams
+  are labelled ``rng`` there).
 
 A result is a plain dict with DESIGN.md's JSON fields, ready for the reports.
 """
@@ -17,11 +23,15 @@ from typing import Any
 
 from detharness import environment as env_mod
 from detharness.cases import parse_variant_id, variant_id
-from detharness.compare import Status, Verdict, compare
-from detharness.record import CaseRecord, RunRecord, VariantRecord
+import numpy as np
 
-CHECKS = ("backend", "device", "repeat", "environment")
-RUN_CHECKS = ("backend", "device", "repeat")
+from detharness.compare import Status, Verdict, compare
+from detharness.compare.verdict import share
+from detharness.record import CaseRecord, RunRecord, VariantRecord
+from detharness.roundtrip import is_roundtrip_mode
+
+CHECKS = ("backend", "device", "repeat", "rng", "roundtrip", "environment")
+RUN_CHECKS = ("backend", "device", "repeat", "rng", "roundtrip")
 DEFAULT_FAIL_ON = ("diverged", "mismatch", "error")
 
 RESULT_FIELDS = (
@@ -66,7 +76,7 @@ def apply_known(result: dict[str, Any], case: CaseRecord | None, environment: Ma
     """Turn a failing result covered by a declared known divergence into ``known``; flag stale ones."""
     if case is None:
         return result
-    known = case.known_for(result["variant"], result["check"], environment)
+    known = case.known_for(result["variant"], result["check"], environment, result.get("baseline"))
     if known is None:
         return result
     if result["status"] in ("diverged", "mismatch"):
@@ -94,7 +104,11 @@ def reproduce_run(record: RunRecord, variant: str, check: str) -> str:
         parts += ["--cases", path]
     parts += ["-k", variant, "--check", check]
     if check == "repeat":
-        parts += ["--repeat", str(max(2, int(opts.get("repeat") or 2)))]
+        processes = int(opts.get("repeat_processes") or 1)
+        if processes > 1:
+            parts += ["--repeat-processes", str(processes)]
+        if processes == 1 or int(opts.get("repeat") or 1) > 1:
+            parts += ["--repeat", str(max(2, int(opts.get("repeat") or 2)))]
     if opts.get("deterministic"):
         parts.append("--deterministic")
     if opts.get("inputs_from"):
@@ -119,8 +133,8 @@ def backend_check(record: RunRecord, only: Iterable[str] | None = None) -> list[
     results: list[dict[str, Any]] = []
     for v in _selected(record, only):
         case = record.cases.get(v.case)
-        if case is None or case.reference is None:
-            continue
+        if case is None or case.reference is None or case.kind == "rng" or is_roundtrip_mode(v.mode):
+            continue  # streams have the rng check; a round trip is held against its own before outputs
         reproduce = reproduce_run(record, v.id, "backend")
         if case.reference_outputs is not None:
             ref_id, expected = f"{case.id}[stored outputs]", case.reference_outputs
@@ -147,8 +161,8 @@ def backend_check(record: RunRecord, only: Iterable[str] | None = None) -> list[
 def device_check(record: RunRecord, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for v in _selected(record, only):
-        if v.device == "cpu" or v.status == "skipped":
-            continue
+        if v.device == "cpu" or v.status == "skipped" or is_roundtrip_mode(v.mode) or _kind(record, v) == "rng":
+            continue  # the rng check holds device streams against CPU streams itself
         cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
         if cpu is None or cpu.status == "skipped":
             continue
@@ -164,31 +178,224 @@ def device_check(record: RunRecord, only: Iterable[str] | None = None) -> list[d
     return results
 
 
+def _kind(record: RunRecord, v: VariantRecord) -> str:
+    case = record.cases.get(v.case)
+    return case.kind if case is not None else "compute"
+
+
+def _runs_text(record: RunRecord, v: VariantRecord) -> str:
+    """``5 runs``, or ``3 fresh processes`` / ``3 fresh processes x 2 runs`` under --repeat-processes."""
+    if v.repeat and int(v.repeat.get("processes") or 1) > 1:
+        runs = int(v.repeat.get("runs") or 1)
+        return f"{v.repeat['processes']} fresh processes" + (f" x {runs} runs" if runs > 1 else "")
+    return f"{max(int(record.options.get('repeat') or 1), 2 if _kind(record, v) == 'rng' else 1)} runs"
+
+
+def _differing_process(v: VariantRecord) -> str:
+    """Which process first gave other bits than the first one's first run ("run k" without processes)."""
+    if not v.repeat:
+        return "run k"
+    digests = v.repeat.get("digests") or []
+    first = digests[0][0] if digests and digests[0] else None
+    for p, runs in enumerate(digests):
+        for r, digest in enumerate(runs):
+            if digest != first:
+                return f"process {p + 1}" + (f" run {r + 1}" if len(runs) > 1 else "")
+    return "run k"
+
+
 def repeat_check(record: RunRecord, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    asked = int(record.options.get("repeat") or 1) > 1 or int(record.options.get("repeat_processes") or 1) > 1
     results: list[dict[str, Any]] = []
     for v in _selected(record, only):
         if v.status == "skipped" or (v.status == "ok" and v.distinct_results is None):
             continue
+        if _kind(record, v) == "rng" and not asked:
+            continue  # an rng case draws twice on its own; the rng check reports that
         reproduce = reproduce_run(record, v.id, "repeat")
+        failures = (v.repeat or {}).get("failures") or []
+        if v.status == "ok" and failures:
+            result = new_result("repeat", v.case, v.id, "error", "; ".join(failures), baseline=v.id,
+                                candidate=v.id, reproduce=reproduce)
+            results.append(result)
+            continue
         if v.status != "ok":
             results.append(_not_ok("repeat", v, v.id, reproduce))
             continue
-        runs = int(record.options.get("repeat") or 1)
+        runs = _runs_text(record, v)
         if v.distinct_results == 1 or v.repeat_outputs is None:
             result = new_result("repeat", v.case, v.id, "identical",
-                                f"{runs} runs gave bitwise identical outputs", baseline=v.id, candidate=v.id)
+                                f"{runs} gave bitwise identical outputs", baseline=v.id, candidate=v.id)
             result["distinct_results"] = 1
             results.append(result)
             continue
+        first = "process 1" if v.repeat and int(v.repeat.get("processes") or 1) > 1 else "run 1"
         verdict = compare(dict(v.outputs), dict(v.repeat_outputs), tolerance="exact")
-        for result in verdict_results("repeat", v.case, v.id, verdict, baseline=f"{v.id} run 1",
-                                      candidate=f"{v.id} run k", reproduce=reproduce):
+        for result in verdict_results("repeat", v.case, v.id, verdict, baseline=f"{v.id} {first}",
+                                      candidate=f"{v.id} {_differing_process(v)}", reproduce=reproduce):
             result["distinct_results"] = v.distinct_results
             if result["status"] == "identical":
                 continue  # this output agreed; another one differed
-            result["message"] = (f"{runs} runs gave {v.distinct_results} distinct results "
+            result["message"] = (f"{runs} gave {v.distinct_results} distinct results "
                                  f"(not bitwise reproducible)\n{result['message']}")
             results.append(apply_known(result, record.cases.get(v.case), record.environment))
+    return results
+
+
+# -- rng: seeded streams -------------------------------------------------------------------------
+
+
+def _preview(array: np.ndarray, count: int = 4) -> str:
+    flat = np.asarray(array).ravel()
+    shown = ", ".join(f"{x:.6g}" if isinstance(x, float) else str(x) for x in flat[:count].tolist())
+    return f"[{shown}{', ...' if flat.size > count else ''}]"
+
+
+def stream_headline(verdict: Verdict, against: str) -> str:
+    """Where two streams part and how much of them differs: ``parts from X's at index 17 ...``."""
+    if verdict.first_mismatch_index is None or verdict.shape is None:
+        return f"stream differs from {against}'s"
+    flat = int(np.ravel_multi_index(tuple(verdict.first_mismatch_index), verdict.shape)) if verdict.shape else 0
+    where = f"index {flat}" + (f" (element {list(verdict.first_mismatch_index)})" if len(verdict.shape) > 1 else "")
+    return f"stream parts from {against}'s at {where}; {share(verdict.differing or verdict.mismatched, verdict.total)} of values differ"
+
+
+def stream_results(check: str, case: CaseRecord | None, v: VariantRecord, expected: Mapping[str, np.ndarray],
+                   actual: Mapping[str, np.ndarray], *, baseline: str, candidate: str, against: str,
+                   reproduce: str | None, environment: Mapping[str, Any],
+                   env_diff: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Streams held against streams, exactly: one result per output, headed by where they part."""
+    verdict = compare(dict(expected), dict(actual), tolerance="exact")
+    per_output = verdict.outputs or {verdict.output or "y": verdict}
+    results = []
+    for result in verdict_results(check, v.case, v.id, verdict, baseline=baseline, candidate=candidate,
+                                  reproduce=reproduce, env_diff=env_diff):
+        one = per_output.get(result["output"])
+        if result["status"] == "diverged" and one is not None:
+            result["message"] = f"{stream_headline(one, against)}\n{result['message']}"
+        results.append(apply_known(result, case, environment))
+    return results
+
+
+def rng_check(record: RunRecord, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Each rng variant: reseeded, its streams must come again; a device's streams against the CPU's."""
+    results: list[dict[str, Any]] = []
+    for v in _selected(record, only):
+        case = record.cases.get(v.case)
+        if case is None or case.kind != "rng":
+            continue
+        reproduce = reproduce_run(record, v.id, "rng")
+        if v.status != "ok":
+            results.append(_not_ok("rng", v, v.id, reproduce))
+            continue
+        seed_text = "reseeding"
+        if v.distinct_results is not None and v.distinct_results > 1 and v.repeat_outputs is not None:
+            results += stream_results("rng", case, v, v.outputs, v.repeat_outputs, baseline=f"{v.id} draw 1",
+                                      candidate=f"{v.id} draw 2", against="the first draw", reproduce=reproduce,
+                                      environment=record.environment)
+        else:
+            for name, stream in v.outputs.items():
+                arr = np.asarray(stream)
+                result = new_result("rng", v.case, v.id, "identical",
+                                    f"IDENTICAL | Output: {name!r} | {seed_text} gave the same stream again: "
+                                    f"{arr.size} {arr.dtype} values {_preview(arr)}",
+                                    output=name, baseline=f"{v.id} draw 1", candidate=f"{v.id} draw 2")
+                result.update(tolerance="exact", total=int(arr.size), mismatched=0)
+                results.append(result)
+        if v.device == "cpu":
+            continue
+        cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
+        if cpu is None or cpu.status == "skipped":
+            continue
+        if cpu.status != "ok":
+            results.append(_not_ok("rng", cpu, cpu.id, reproduce_run(record, cpu.id, "rng")))
+            continue
+        results += stream_results("rng", case, v, cpu.outputs, v.outputs, baseline=cpu.id, candidate=v.id,
+                                  against="the CPU stream", reproduce=reproduce_run(record, f"{v.case}[{v.impl}:", "rng"),
+                                  environment=record.environment)
+    return results
+
+
+# -- roundtrip: before and after a save and a load ------------------------------------------------
+
+
+def roundtrip_check(record: RunRecord, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    """Each round-trip variant: after outputs against before outputs, and every parameter's hash."""
+    results: list[dict[str, Any]] = []
+    for v in _selected(record, only):
+        if not is_roundtrip_mode(v.mode):
+            continue
+        reproduce = reproduce_run(record, v.id, "roundtrip")
+        before_id, after_id = f"{v.id} before", f"{v.id} after"
+        if v.status != "ok" or v.roundtrip is None:
+            if v.status == "ok":
+                results.append(new_result("roundtrip", v.case, v.id, "error", "no round-trip record",
+                                          baseline=before_id, candidate=after_id, reproduce=reproduce))
+            else:
+                results.append(_not_ok("roundtrip", v, before_id, reproduce))
+            continue
+        trip = v.roundtrip
+        case = record.cases.get(v.case)
+        fmt = trip.get("format", v.mode)
+        tolerance: Any = "exact" if trip.get("exact", True) else _tolerance_map(v)
+        verdict = compare(dict(trip["before_outputs"]), dict(v.outputs), tolerance=tolerance)
+        judged = "bit for bit" if trip.get("exact", True) else "with the case's tolerance (another runtime runs it)"
+        for result in verdict_results("roundtrip", v.case, v.id, verdict, baseline=before_id, candidate=after_id,
+                                      reproduce=reproduce):
+            if result["status"] not in ("identical", "close"):
+                result["message"] = (f"the {fmt} round trip changed output {result['output']!r} (judged {judged})\n"
+                                     f"{result['message']}")
+            results.append(apply_known(result, case, record.environment))
+        results += _parameter_results(v, trip, case, record, before_id, after_id, reproduce)
+    return results
+
+
+def _parameter_results(v: VariantRecord, trip: Mapping[str, Any], case: CaseRecord | None, record: RunRecord,
+                       before_id: str, after_id: str, reproduce: str) -> list[dict[str, Any]]:
+    """One result per parameter whose bytes changed (or went missing); one ``params`` result otherwise."""
+    params: Mapping[str, Mapping[str, Any]] = trip.get("params") or {}
+    notes = list(trip.get("notes") or [])
+    changed = trip.get("changed_params") or {}
+    results = []
+    hashed = [name for name, p in params.items() if p.get("after") is not None]
+    if not trip.get("exact", True):
+        # An exporter may rewrite parameters on purpose (ONNX: a batch norm folded into the conv
+        # before it, under the conv's name): their bytes are reported, the outputs are the judge.
+        rewritten = [name for name in hashed if params[name]["after"] != params[name]["before"]]
+        if rewritten:
+            notes.insert(0, f"rewritten by the export (bytes differ; the outputs judge them): {', '.join(rewritten)}")
+    for name, p in params.items():
+        if not trip.get("exact", True):
+            break
+        if p.get("after") is None or p["after"] == p["before"]:
+            continue
+        hashes = {name: [p["before"], p["after"]]}
+        headline = (f"parameter {name!r} changed in the {trip.get('format')} round trip: "
+                    f"sha256 {p['before'][:16]} before, {p['after'][:16]} after")
+        if name in changed:
+            label = f"param:{name}"
+            verdict = compare({label: changed[name]["before"]}, {label: changed[name]["after"]}, tolerance="exact")
+            result = verdict_results("roundtrip", v.case, v.id, verdict, baseline=before_id, candidate=after_id,
+                                     reproduce=reproduce)[0]
+            result["message"] = f"{headline}\n{result['message']}"
+        else:
+            result = new_result("roundtrip", v.case, v.id, "diverged", headline, baseline=before_id,
+                                candidate=after_id, reproduce=reproduce)
+        result.update(output=f"param:{name}", status="diverged", param_hashes=hashes)
+        results.append(apply_known(result, case, record.environment))
+    if not results:
+        same = [name for name in hashed if params[name]["after"] == params[name]["before"]]
+        status = "identical" if len(same) == len(hashed) else "close"
+        if hashed:
+            text = (f"{status.upper()} | Output: 'params' | {len(same)} of {len(hashed)} parameters hashed have the "
+                    f"same sha256 before and after the {trip.get('format')} round trip")
+        else:
+            text = "IDENTICAL | Output: 'params' | no parameter hashed"
+        result = new_result("roundtrip", v.case, v.id, status, "\n".join([text, *notes]), output="params",
+                            baseline=before_id, candidate=after_id)
+        result.update(tolerance="exact", total=len(hashed), mismatched=len(hashed) - len(same),
+                      param_hashes={n: [p["before"], p.get("after")] for n, p in params.items()})
+        results.append(result)
     return results
 
 
@@ -201,6 +408,10 @@ def run_checks(record: RunRecord, checks: Sequence[str] | None = None) -> list[d
         results += device_check(record)
     if "repeat" in wanted:
         results += repeat_check(record)
+    if "rng" in wanted:
+        results += rng_check(record)
+    if "roundtrip" in wanted:
+        results += roundtrip_check(record)
     return results
 
 
@@ -260,6 +471,9 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
         one = c or b
         assert one is not None
         case_b, case_c = baseline.cases.get(one.case), candidate.cases.get(one.case)
+        # An rng case's outputs are streams: labelled rng, held exactly, said where they part.
+        either = case_c if case_c is not None else case_b
+        check = "rng" if either is not None and either.kind == "rng" else "environment"
         this_diff = dict(diff)
         if case_b is not None and case_c is not None and case_b.fingerprint != case_c.fingerprint:
             this_diff["case.fingerprint"] = [case_b.fingerprint, case_c.fingerprint]
@@ -268,22 +482,27 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
                       env_diff=this_diff)
         if b is None or c is None:
             side = "baseline" if b is not None else "candidate"
-            results.append(new_result("environment", one.case, vid, "missing", f"only in the {side} bundle", **common))
+            results.append(new_result(check, one.case, vid, "missing", f"only in the {side} bundle", **common))
             continue
         if b.status == "skipped" or c.status == "skipped":
             why = b.error if b.status == "skipped" else c.error
-            results.append(new_result("environment", c.case, vid, "skipped", why or "skipped", **common))
+            results.append(new_result(check, c.case, vid, "skipped", why or "skipped", **common))
             continue
         if b.status != "ok" or c.status != "ok":
             bad = b if b.status != "ok" else c
             which = "baseline" if bad is b else "candidate"
-            results.append(new_result("environment", c.case, vid, "error", f"{which}: {bad.error}",
+            results.append(new_result(check, c.case, vid, "error", f"{which}: {bad.error}",
                                       reproduce=reproduce, **common))
             continue
         if case_b is not None and case_c is not None and case_b.inputs_digest != case_c.inputs_digest:
-            results.append(new_result("environment", c.case, vid, "mismatch",
+            results.append(new_result(check, c.case, vid, "mismatch",
                                       "mismatch: inputs differ (rerun the candidate with --inputs-from BASELINE)",
                                       reproduce=reproduce, **common))
+            continue
+        if check == "rng":
+            results += stream_results("rng", case_c, c, b.outputs, c.outputs, baseline=common["baseline"],
+                                      candidate=common["candidate"], against="the baseline", reproduce=reproduce,
+                                      environment=candidate.environment, env_diff=this_diff)
             continue
         verdict = compare(dict(b.outputs), dict(c.outputs), tolerance=_tolerance_map(c))
         for result in verdict_results("environment", c.case, vid, verdict, reproduce=reproduce,

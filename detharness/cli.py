@@ -66,8 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", action="append", default=[], metavar="NAME", help="Only this backend (repeatable)")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="Devices to run on (default: all)")
     p.add_argument("--check", action="append", default=[], metavar="KIND",
-                   help="Checks to run: backend, device, repeat (repeatable or comma-separated; default: all)")
-    p.add_argument("--repeat", type=int, default=1, metavar="N", help="Run each variant N times and flag any change")
+                   help="Checks to run, and only the variants they look at: backend, device, repeat, rng, roundtrip "
+                        "(repeatable or comma-separated; default: every one that applies)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="Run each variant N times in its worker and flag outputs that are not bitwise identical")
+    p.add_argument("--repeat-processes", type=int, default=1, metavar="N",
+                   help="Run each variant in N fresh sets of worker processes (new hash seeds, thread pools, "
+                        "allocators) and flag outputs that are not bitwise identical")
     p.add_argument("--deterministic", action="store_true", help="Set every framework's determinism switches")
     p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="Time limit per variant")
     p.add_argument("--inputs-from", metavar="BUNDLE", help="Replay a baseline bundle's stored inputs")
@@ -192,6 +197,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if unknown:
         raise UsageError(f"--check {unknown[0]!r}: choose from {', '.join(checks.RUN_CHECKS)} "
                          "(environment checks run with `detharness compare`)")
+    if "repeat" in _comma_list(args.check) and args.repeat < 2 and args.repeat_processes < 2:
+        raise UsageError("--check repeat needs --repeat N or --repeat-processes N with N of 2 or more")
     for path in args.report:
         report_mod.format_for_path(path)
     if args.out and os.path.exists(os.path.join(args.out, "manifest.json")):
@@ -199,7 +206,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     replay = record_mod.load(args.inputs_from) if args.inputs_from else None
     start = time.perf_counter()
     options = RunOptions(case_paths=args.cases, keyword=args.keyword, tags=args.tag, backends=_comma_list(args.backend),
-                         device=args.device, repeat=args.repeat, deterministic=args.deterministic, timeout=args.timeout,
+                         device=args.device, repeat=args.repeat, repeat_processes=args.repeat_processes,
+                         checks=_comma_list(args.check), deterministic=args.deterministic, timeout=args.timeout,
                          inputs_from=replay, in_process=args.in_process, progress=_progress(sys.stderr))
     record = run(options)
     results = checks.run_checks(record, wanted)

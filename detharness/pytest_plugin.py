@@ -1,5 +1,9 @@
 """pytest plugin: one test item per variant check, from the cases that ``dh_cases`` names.
 
+Items are named ``CHECK:VARIANT``: ``backend:`` and ``device:`` for computations, ``rng:`` for an
+rng case's streams, ``roundtrip:`` for a round-trip mode, ``repeat:`` under ``--dh-repeat N`` and
+``environment:`` under ``--dh-baseline``.
+
 It stays out of other projects' runs: items are created only where the ``dh_cases`` ini key or
 ``--dh-cases PATH`` says where cases are. Variants run in the test process (pytest-xdist spreads
 them over workers); each process imports a framework once and runs a case's reference once.
@@ -34,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--dh-baseline", metavar="BUNDLE", help="Also compare each variant against this bundle")
     group.addoption("--dh-record", metavar="DIR", help="Record the variants run into a bundle in DIR")
     group.addoption("--dh-deterministic", action="store_true", help="Set every framework's determinism switches")
+    group.addoption("--dh-repeat", type=int, default=1, metavar="N",
+                    help="Run each variant N times and add repeat: items that fail unless all N are bitwise identical")
     parser.addini("dh_cases", "Case files or folders to make test items from", type="paths", default=[])
 
 
@@ -110,10 +116,11 @@ class _State:
         self.config = config
         self.paths = paths
         self.deterministic = bool(config.getoption("dh_deterministic"))
+        self.repeat = max(1, int(config.getoption("dh_repeat") or 1))
         self.backends: dict[str, Any] = {}
         self.env = environment.fingerprint()
         self.record = RunRecord(environment={}, environment_id="",
-                                options={"cases": paths, "deterministic": self.deterministic, "repeat": 1})
+                                options={"cases": paths, "deterministic": self.deterministic, "repeat": self.repeat})
         self.baseline = None
         baseline = config.getoption("dh_baseline")
         if baseline:
@@ -160,14 +167,20 @@ class _State:
             result = {"status": "error", "error": str(backend)}
         else:
             task = {"id": v.id, "case": v.case.id, "impl": v.impl.name, "device": v.device, "dtype": v.dtype,
-                    "mode": v.mode, "repeat": 1, "inputs": dict(case.inputs), "params": dict(case.params)}
+                    "mode": v.mode, "repeat": self.repeat, "inputs": dict(case.inputs), "params": dict(case.params)}
+            # The test process is shared with other tests, which may reset a framework's global
+            # settings after the backend loaded (a fixture turning jax's x64 off again): the
+            # backend's own settings are put back before each variant, as a worker would have them.
+            backend._load_framework()
             result = execute(backend, v.case, task)
         outputs = result.get("outputs") or {}
         record = VariantRecord(
             id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
             mode=v.mode, status=result["status"], reference=v.impl.reference, error=result.get("error"),
             seconds=result.get("seconds"), outputs=outputs,
-            tolerances={name: v.case.tolerance_for(name, v.dtype) for name in outputs}, info=result.get("info") or {})
+            tolerances={name: v.case.tolerance_for(name, v.dtype) for name in outputs}, info=result.get("info") or {},
+            distinct_results=result.get("distinct_results"), repeat_outputs=result.get("repeat_outputs"),
+            roundtrip=result.get("roundtrip"))
         self.record.variants[v.id] = record
         return record
 
@@ -186,6 +199,16 @@ class _State:
 
             self.execute(Variant(v.case, v.impl, "cpu", v.dtype, v.mode))
             results = checks.device_check(self.record, only=[v.id])
+        elif check == "rng":
+            from detharness.cases import Variant
+
+            if v.device != "cpu":
+                self.execute(Variant(v.case, v.impl, "cpu", v.dtype, v.mode))
+            results = checks.rng_check(self.record, only=[v.id])
+        elif check == "roundtrip":
+            results = checks.roundtrip_check(self.record, only=[v.id])
+        elif check == "repeat":
+            results = checks.repeat_check(self.record, only=[v.id])
         else:
             assert self.baseline is not None
             self.record.environment = dict(sorted(self.env.items()))
@@ -226,6 +249,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     from detharness.cases import discover
     from detharness.errors import DetHarnessError
+    from detharness.runner import checks_for
 
     try:
         registry = discover(paths)
@@ -234,15 +258,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     config.stash[_STATE] = _State(config, paths)
     parent = DetHarnessCollector.from_parent(session, name="detharness")
     baseline = config.stash[_STATE].baseline
+    repeating = config.stash[_STATE].repeat > 1
     added: list[pytest.Item] = []
     for c in registry:
         ref = c.reference_variant
         has_reference = ref is not None or c.reference_outputs is not None
         for v in c.variants():
-            if has_reference and (ref is None or v.id != ref.id):
+            own = checks_for(v)
+            if "backend" in own and has_reference and (ref is None or v.id != ref.id):
                 added.append(VariantItem.from_parent(parent, name=f"backend:{v.id}", check="backend", variant=v))
-            if v.device != "cpu":
+            if "device" in own and v.device != "cpu":
                 added.append(VariantItem.from_parent(parent, name=f"device:{v.id}", check="device", variant=v))
+            for check in ("rng", "roundtrip"):
+                if check in own:
+                    added.append(VariantItem.from_parent(parent, name=f"{check}:{v.id}", check=check, variant=v))
+            if repeating:
+                added.append(VariantItem.from_parent(parent, name=f"repeat:{v.id}", check="repeat", variant=v))
             if baseline is not None and v.id in baseline.variants:
                 added.append(VariantItem.from_parent(parent, name=f"environment:{v.id}", check="environment",
                                                      variant=v))

@@ -55,9 +55,11 @@ class CaseRecord:
     known: list[KnownDivergence] = field(default_factory=list)
     location: str = ""
     inputs_digest: str = ""
+    kind: str = "compute"  # "rng": its variants' outputs are seeded streams (see cases.CASE_KINDS)
 
-    def known_for(self, variant: str, check: str, environment: Mapping[str, Any]) -> KnownDivergence | None:
-        return next((k for k in self.known if k.applies(variant, check, environment)), None)
+    def known_for(self, variant: str, check: str, environment: Mapping[str, Any],
+                  baseline: str | None = None) -> KnownDivergence | None:
+        return next((k for k in self.known if k.applies(variant, check, environment, baseline)), None)
 
 
 @dataclass
@@ -78,6 +80,12 @@ class VariantRecord:
     distinct_results: int | None = None
     repeat_outputs: Mapping[str, np.ndarray] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: With --repeat-processes: {"processes", "runs", "digests" (per process, per run), "failures"}.
+    repeat: dict[str, Any] | None = None
+    #: A round-trip variant's findings (see roundtrip.RoundtripResult): format, exact,
+    #: before_outputs, params (name -> dtype, shape, sha256 before and after), changed_params
+    #: (name -> {"before", "after"} arrays), notes, saved_bytes, seconds.
+    roundtrip: dict[str, Any] | None = None
 
 
 @dataclass
@@ -112,13 +120,31 @@ def variant_manifest(v: VariantRecord, put: Callable[[np.ndarray], dict[str, Any
     }
     if v.repeat_outputs is not None:
         entry["repeat_outputs"] = {name: put(np.asarray(arr)) for name, arr in v.repeat_outputs.items()}
+    if v.repeat is not None:
+        entry["repeat"] = v.repeat
+    if v.roundtrip is not None:
+        trip = dict(v.roundtrip)
+        trip["before_outputs"] = {name: put(np.asarray(arr)) for name, arr in trip["before_outputs"].items()}
+        trip["changed_params"] = {name: {side: put(np.asarray(arr)) for side, arr in sides.items()}
+                                  for name, sides in trip.get("changed_params", {}).items()}
+        entry["roundtrip"] = trip
     return entry
+
+
+def _roundtrip_from_json(trip: Mapping[str, Any] | None, read: Callable[[Mapping[str, Any]], np.ndarray]
+                         ) -> dict[str, Any] | None:
+    if not trip:
+        return None
+    loaded = dict(trip)
+    loaded["before_outputs"] = LazyArrays(trip.get("before_outputs", {}), read)
+    loaded["changed_params"] = {name: LazyArrays(sides, read) for name, sides in trip.get("changed_params", {}).items()}
+    return loaded
 
 
 def case_manifest(c: CaseRecord, put: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "fingerprint": c.fingerprint, "tags": c.tags, "location": c.location, "reference": c.reference,
-        "reference_variant": c.reference_variant,
+        "reference_variant": c.reference_variant, "kind": c.kind,
         "inputs": {n: put(a) for n, a in c.inputs.items()},
         "params": {n: put(a) for n, a in c.params.items()},
         "inputs_digest": c.inputs_digest,
@@ -153,7 +179,7 @@ def save(record: RunRecord, path: str | Path) -> Path:
 
 def _known_from_json(items: list[dict[str, Any]]) -> list[KnownDivergence]:
     return [KnownDivergence(reason=k["reason"], variants=k.get("variants", "*"), checks=tuple(k.get("checks", ())),
-                            when=dict(k.get("when", {}))) for k in items]
+                            when=dict(k.get("when", {})), against=k.get("against", "*")) for k in items]
 
 
 def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[str, Any]], np.ndarray],
@@ -166,6 +192,7 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
                 reference=c.get("reference"), reference_variant=c.get("reference_variant"),
                 reference_outputs=LazyArrays(c["reference_outputs"], read) if "reference_outputs" in c else None,
                 known=_known_from_json(c.get("known", [])), inputs_digest=c.get("inputs_digest", ""),
+                kind=c.get("kind", "compute"),
             )
             for cid, c in manifest["cases"].items()
         }
@@ -176,7 +203,8 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
                 seconds=v.get("seconds"), outputs=LazyArrays(v.get("outputs", {}), read),
                 tolerances=dict(v.get("tolerances", {})), distinct_results=v.get("distinct_results"),
                 repeat_outputs=LazyArrays(v["repeat_outputs"], read) if v.get("repeat_outputs") else None,
-                info=dict(v.get("info", {})),
+                info=dict(v.get("info", {})), repeat=v.get("repeat"),
+                roundtrip=_roundtrip_from_json(v.get("roundtrip"), read),
             )
             for vid, v in manifest["variants"].items()
         }

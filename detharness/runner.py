@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from detharness import environment as env_mod
+from detharness import roundtrip as rt
 from detharness.backends import Backend, UnsupportedVariant, get_backend
+from detharness.backends.base import jsonable
 from detharness.cases import Case, Registry, Variant, discover, display_path
 from detharness.dtypes import cast_floats
 from detharness.errors import BackendError, UsageError
@@ -39,6 +41,11 @@ class RunOptions:
     backends: list[str] = field(default_factory=list)
     device: str = "all"
     repeat: int = 1
+    #: Run every variant in this many fresh sets of worker processes (hash seeds, thread pools and
+    #: allocators differ in each) and flag outputs that are not bitwise identical across them.
+    repeat_processes: int = 1
+    #: The checks asked for (empty: all that apply); variants no chosen check looks at are not run.
+    checks: list[str] = field(default_factory=list)
     deterministic: bool = False
     timeout: float = 600.0
     inputs_from: RunRecord | None = None
@@ -53,11 +60,14 @@ def select_variants(registry: Registry, options: RunOptions) -> list[Variant]:
     """
     match = compile_expression(options.keyword) if options.keyword else None
     wanted_backends = set(options.backends)
+    repeating = options.repeat > 1 or options.repeat_processes > 1
     chosen: list[Variant] = []
     for c in registry:
-        if options.tags and not c.tags.intersection(options.tags):
-            continue
         for v in c.variants():
+            if options.tags and not v.tags.intersection(options.tags):
+                continue
+            if options.checks and not set(options.checks).intersection(checks_for(v, repeating)):
+                continue
             if wanted_backends and v.impl.backend not in wanted_backends:
                 continue
             if options.device != "all" and v.device != options.device:
@@ -66,6 +76,22 @@ def select_variants(registry: Registry, options: RunOptions) -> list[Variant]:
                 continue
             chosen.append(v)
     return chosen
+
+
+def checks_for(v: Variant, repeating: bool = False) -> tuple[str, ...]:
+    """The in-environment checks that look at a variant: what ``--check`` selects it by.
+
+    An rng case's variants are judged by the ``rng`` check, a round-trip variant by the
+    ``roundtrip`` check (against its own before outputs), every other variant by the ``backend``
+    and ``device`` checks; ``repeat`` looks at every variant when runs are repeated.
+    """
+    if v.case.kind == "rng":
+        own: tuple[str, ...] = ("rng",)
+    elif rt.is_roundtrip_mode(v.mode):
+        own = ("roundtrip",)
+    else:
+        own = ("backend", "device")
+    return own + ("repeat",) if repeating else own
 
 
 def check_backends_requested(names: Iterable[str]) -> None:
@@ -80,7 +106,10 @@ def with_references(variants: list[Variant]) -> list[Variant]:
     """Add each selected case's reference variant, which the backend check needs as its baseline."""
     have = {v.id for v in variants}
     extra: list[Variant] = []
-    for c in {id(v.case): v.case for v in variants}.values():
+    # Only cases with a variant the backend check judges: a round trip is held against its own
+    # before outputs, an rng stream against itself, and neither needs the reference run.
+    judged = [v for v in variants if "backend" in checks_for(v)]
+    for c in {id(v.case): v.case for v in judged}.values():
         ref = c.reference_variant
         if ref is not None and ref.id not in have:
             extra.append(ref)
@@ -91,7 +120,7 @@ def with_references(variants: list[Variant]) -> list[Variant]:
 def case_record(c: Case, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> CaseRecord:
     ref = c.reference_variant
     return CaseRecord(
-        id=c.id, fingerprint=c.fingerprint, tags=sorted(c.tags), inputs=inputs, params=params,
+        id=c.id, fingerprint=c.fingerprint, tags=sorted(c.tags), kind=c.kind, inputs=inputs, params=params,
         reference=ref.impl.name if ref else ("stored" if c.reference_outputs is not None else None),
         reference_variant=ref.id if ref else None, reference_outputs=c.reference_outputs, known=list(c.known),
         location=c.location, inputs_digest=digest_arrays({**inputs, **{f"param:{k}": v for k, v in params.items()}}),
@@ -114,11 +143,24 @@ def execute(backend: Backend, c: Case, task: Mapping[str, Any]) -> dict[str, Any
     impl = c.impls[task["impl"]]
     device, dtype, mode, repeat = task["device"], task["dtype"], task["mode"], int(task.get("repeat", 1))
     result: dict[str, Any] = {"id": task["id"], "status": "ok", "error": None, "seconds": None, "outputs": {},
-                              "distinct_results": None, "repeat_outputs": None, "info": {}}
+                              "distinct_results": None, "repeat_outputs": None, "run_digests": [], "info": {},
+                              "roundtrip": None}
     if device not in backend.devices():
         result.update(status="skipped", error=f"no {device} device seen by {backend.name}")
         return result
-    supported, why = backend.supports(device=device, dtype=dtype, mode=mode)
+    fmt: rt.RoundtripFormat | None = None
+    if rt.is_roundtrip_mode(mode):
+        fmt = rt.find_format(impl.backend, mode[len(rt.PREFIX):], c.roundtrip_formats)
+        if fmt is None:
+            result.update(status="error", error=f"no round-trip format {mode[len(rt.PREFIX):]!r} for backend "
+                                                f"{impl.backend!r} (known: {', '.join(f.name for f in rt.formats_for(impl.backend))})")
+            return result
+        why_not = fmt.missing() or (None if impl.module else
+                                    f"the {mode} mode needs a module builder, and this implementation is a plain function")
+        if why_not:
+            result.update(status="skipped", error=why_not)
+            return result
+    supported, why = backend.supports(device=device, dtype=dtype, mode=fmt.before_mode if fmt else mode)
     if not supported:
         result.update(status="skipped", error=why)
         return result
@@ -131,14 +173,29 @@ def execute(backend: Backend, c: Case, task: Mapping[str, Any]) -> dict[str, Any
             obj = functools.partial(impl.fn, params=params)
         else:
             obj = impl.fn
-        call = backend.prepare(obj, mode=mode, device=device, dtype=dtype, example_inputs=inputs, is_module=impl.module)
+        names = list(c.outputs) if c.outputs else None
+        extra_info: dict[str, Any] = {}
+        if fmt is not None:
+            # The before outputs, the save and the load happen here, in this worker; the loaded
+            # object's callable is what runs (and repeats) below.
+            ctx = rt.RoundtripContext(backend=backend, device=device, dtype=dtype, example_inputs=tuple(inputs),
+                                      build=lambda: impl.fn(params),
+                                      key=f"{c.id}|{impl.name}|{dtype}|{digest_arrays({**task['inputs'], **task['params']})}")
+            call, trip = rt.run_roundtrip(fmt, obj, ctx, inputs, seed=c.seed, names=names)
+            result["roundtrip"] = trip.to_dict()
+            extra_info = {**ctx.info, "roundtrip.format": fmt.name}
+        else:
+            call = backend.prepare(obj, mode=mode, device=device, dtype=dtype, example_inputs=inputs,
+                                   is_module=impl.module)
+        # An rng case always draws twice: reseeding must give the same stream (the rng check).
+        runs = max(1, repeat, 2 if c.kind == "rng" else 1)
         digests: list[str] = []
         first: dict[str, np.ndarray] = {}
         seconds = 0.0
-        for run in range(max(1, repeat)):
+        for run in range(runs):
             raw, elapsed = backend.run(call, inputs, device=device, seed=c.seed)
             seconds += elapsed
-            outputs = backend.outputs_to_numpy(raw, names=list(c.outputs) if c.outputs else None)
+            outputs = backend.outputs_to_numpy(raw, names=names)
             digest = digest_arrays(outputs)
             if run == 0:
                 first = outputs
@@ -146,8 +203,9 @@ def execute(backend: Backend, c: Case, task: Mapping[str, Any]) -> dict[str, Any
                 result["repeat_outputs"] = outputs
             if digest not in digests:
                 digests.append(digest)
-        result.update(outputs=first, seconds=seconds / max(1, repeat), info=backend.run_info())
-        if repeat > 1:
+            result["run_digests"].append(digest)
+        result.update(outputs=first, seconds=seconds / runs, info=jsonable({**backend.run_info(), **extra_info}))
+        if runs > 1:
             result["distinct_results"] = len(digests)
     except UnsupportedVariant as exc:
         result.update(status="skipped", error=exc.reason)
@@ -287,6 +345,10 @@ def run(options: RunOptions) -> RunRecord:
         raise UsageError(f"--device {options.device!r}: choose from {', '.join(DEVICE_CHOICES)}")
     if options.repeat < 1:
         raise UsageError("--repeat must be at least 1")
+    if options.repeat_processes < 1:
+        raise UsageError("--repeat-processes must be at least 1")
+    if options.repeat_processes > 1 and options.in_process:
+        raise UsageError("--repeat-processes runs fresh worker processes; it cannot be combined with --in-process")
     registry = discover(options.case_paths or None)
     variants = with_references(select_variants(registry, options))
 
@@ -302,9 +364,12 @@ def run(options: RunOptions) -> RunRecord:
         by_backend.setdefault(v.impl.backend, []).append(v)
 
     backend_keys: dict[str, Any] = {}
+    # One dict of results per set of fresh processes (--repeat-processes); the first is the run's.
+    passes: list[dict[str, dict[str, Any]]] = []
     results: dict[str, dict[str, Any]] = {}
     lock = threading.Lock()
     done = 0
+    total = len(variants) * options.repeat_processes
 
     def report(result: dict[str, Any]) -> None:
         nonlocal done
@@ -312,7 +377,7 @@ def run(options: RunOptions) -> RunRecord:
             results[result["id"]] = result
             done += 1
             if options.progress:
-                options.progress(done, len(variants), result["id"])
+                options.progress(done, total, result["id"])
 
     def task_of(v: Variant) -> dict[str, Any]:
         inputs, params = arrays[v.case.id]
@@ -348,36 +413,73 @@ def run(options: RunOptions) -> RunRecord:
         finally:
             worker.stop()
 
-    if options.in_process:
-        for name, todo in by_backend.items():
-            run_backend(name, todo)
-    else:
-        threads = [threading.Thread(target=run_backend, args=(n, t), daemon=True) for n, t in by_backend.items()]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    for _ in range(options.repeat_processes):
+        results = {}
+        if options.in_process:
+            for name, todo in by_backend.items():
+                run_backend(name, todo)
+        else:
+            # Each pass starts new workers: a fresh interpreter (a new hash seed unless
+            # PYTHONHASHSEED is set), new thread pools, a new allocator state.
+            threads = [threading.Thread(target=run_backend, args=(n, t), daemon=True) for n, t in by_backend.items()]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        passes.append(results)
+    results = passes[0]
 
     environment = dict(sorted(env_mod.merge(env_mod.fingerprint(), backend_keys).items()))
     record = RunRecord(environment=environment, environment_id=env_mod.environment_id(environment),
                        cases=cases, options=_options_json(options))
     for v in variants:
         r = results.get(v.id, {"status": "error", "error": "no result (worker lost)"})
+        if len(passes) > 1:
+            r = merge_process_passes(v.id, [p.get(v.id, {"status": "error", "error": "no result (worker lost)"})
+                                            for p in passes])
         record.variants[v.id] = VariantRecord(
             id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
             mode=v.mode, status=r["status"], reference=v.impl.reference, error=r.get("error"),
             seconds=r.get("seconds"), outputs=r.get("outputs") or {},
             tolerances={name: v.case.tolerance_for(name, v.dtype) for name in (r.get("outputs") or {})},
             distinct_results=r.get("distinct_results"), repeat_outputs=r.get("repeat_outputs"), info=r.get("info") or {},
+            repeat=r.get("repeat"), roundtrip=r.get("roundtrip"),
         )
     return record
+
+
+def merge_process_passes(vid: str, passes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's results from several sets of fresh processes, as one result.
+
+    The first pass's outputs stand for the variant; ``distinct_results`` counts the distinct
+    outputs over every run of every process; ``repeat_outputs`` holds the first that differ from
+    the first run's; ``repeat`` keeps each process's run digests (and any process's failure).
+    """
+    merged = dict(passes[0])
+    digests = [list(p.get("run_digests") or []) for p in passes]
+    failures = [f"process {i + 1}: {p.get('status')}: {p.get('error')}" for i, p in enumerate(passes)
+                if p.get("status") != merged.get("status")]
+    merged["repeat"] = {"processes": len(passes), "runs": max((len(d) for d in digests), default=0),
+                        "digests": digests, "failures": failures}
+    if merged.get("status") != "ok":
+        return merged
+    every = [d for ds in digests for d in ds]
+    merged["distinct_results"] = len(set(every)) if every else None
+    if merged.get("repeat_outputs") is None:
+        first = every[0] if every else None
+        for p, ds in zip(passes[1:], digests[1:]):
+            if p.get("status") == "ok" and ds and ds[0] != first:
+                merged["repeat_outputs"] = p.get("outputs")
+                break
+    return merged
 
 
 def _options_json(options: RunOptions) -> dict[str, Any]:
     return {
         "cases": [display_path(p) for p in options.case_paths],
         "keyword": options.keyword, "tags": options.tags, "backends": options.backends, "device": options.device,
-        "repeat": options.repeat, "deterministic": options.deterministic, "timeout": options.timeout,
+        "repeat": options.repeat, "repeat_processes": options.repeat_processes, "checks": options.checks,
+        "deterministic": options.deterministic, "timeout": options.timeout,
         "inputs_from": options.inputs_from.path if options.inputs_from is not None else None,
         "in_process": options.in_process,
     }
