@@ -40,6 +40,7 @@ from detharness.record import LazyArrays, RunRecord, VariantRecord
 # missing) leave an environment out of the separation for that output.
 DIFFERS: frozenset[str] = frozenset({"close", "known", "diverged", "mismatch"})
 AGREES: frozenset[str] = frozenset({"identical"})
+NOT_COMPARED: frozenset[str] = frozenset({"skipped", "missing"})
 
 # Searching every pair and triple of varying keys is cheap for a local matrix (a dozen keys vary) but
 # not for runners that differ in a hundred keys; past these counts the larger sets are not tried.
@@ -121,27 +122,32 @@ def compare_bundles(records: Sequence[RunRecord], labels: Sequence[str], *, matc
 def build_matrix(environments: Sequence[Environment], results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Case x environment and variant x environment: the worst status against the baseline.
 
-    Columns are labels (two bundles may share an environment id, say two runs of one profile);
-    ``ids`` maps each label to its environment id.
+    ``skipped`` and ``missing`` count only where nothing was compared: a case whose CUDA or bfloat16
+    variants cannot run here still shows whether the ones that ran agree. Columns are labels (two
+    bundles may share an environment id, say two runs of one profile); ``ids`` maps each label to
+    its environment id.
     """
     base, candidates = environments[0], environments[1:]
-    cases: dict[str, dict[str, str]] = {}
-    variants: dict[str, dict[str, str]] = {}
+    seen: dict[str, dict[str, dict[str, list[str]]]] = {"cases": {}, "variants": {}}
     for r in results:
         label = r.get("candidate_label")
         if label is None:
             continue
-        for table, key in ((cases, r["case"]), (variants, r["variant"])):
-            row = table.setdefault(key, {})
-            current = row.get(label)
-            if current is None or Status(r["status"]).severity > Status(current).severity:
-                row[label] = r["status"]
+        for table, key in (("cases", r["case"]), ("variants", r["variant"])):
+            seen[table].setdefault(key, {}).setdefault(label, []).append(r["status"])
+
+    def cell(statuses: list[str]) -> str:
+        compared = [s for s in statuses if s not in NOT_COMPARED] or statuses
+        return max(compared, key=lambda s: Status(s).severity)
+
+    cases, variants = ({key: {label: cell(statuses) for label, statuses in row.items()}
+                        for key, row in sorted(seen[table].items())} for table in ("cases", "variants"))
     return {
         "baseline": base.label,
         "environments": [e.label for e in candidates],
         "ids": {e.label: e.id for e in environments},
-        "cases": dict(sorted(cases.items())),
-        "variants": dict(sorted(variants.items())),
+        "cases": cases,
+        "variants": variants,
     }
 
 
@@ -171,10 +177,13 @@ def separating_keys(differing: Sequence[Mapping[str, Any]], agreeing: Sequence[M
 
     A set separates when no differing environment has the same values on those keys as an agreeing
     one. One key is tried first, then pairs, then triples (bounded, see ``MAX_KEYS_FOR_*``); the
-    first size that separates is returned, best first: keys of the variant's backend (``prefer``),
-    then variables, then the rest; then sets that give the differing environments fewer distinct
-    values (a shared value is a stronger statement). Empty when nothing up to triples separates:
-    environments alike in every recorded key disagree (nondeterminism, or an unrecorded cause).
+    first size that separates is returned, best first: sets that separate as a disjunction (each
+    differing environment has, on one of the keys, a value no agreeing one has: two causes, such
+    as an older jax and an XLA flag, each explaining its own environments), then keys of the
+    variant's backend (``prefer``), then variables, then the rest; then sets that give the
+    differing environments fewer distinct values (a shared value is a stronger statement). Empty
+    when nothing up to triples separates: environments alike in every recorded key disagree
+    (nondeterminism, or an unrecorded cause).
     """
     everything = [*differing, *agreeing]
     keys = sorted({k for fp in everything for k in fp} - VOLATILE_KEYS)
@@ -188,10 +197,29 @@ def separating_keys(differing: Sequence[Mapping[str, Any]], agreeing: Sequence[M
             d_values = {tuple(_value(fp, k) for k in combo) for fp in differing}
             a_values = {tuple(_value(fp, k) for k in combo) for fp in agreeing}
             if d_values.isdisjoint(a_values):
-                found.append((sum(_key_rank(k, prefer) for k in combo), len(d_values), combo))
+                found.append((not is_disjunction(differing, agreeing, combo), sum(_key_rank(k, prefer) for k in combo),
+                              len(d_values), combo))
         if found:
-            return [combo for _, _, combo in sorted(found)]
+            return [combo for *_, combo in sorted(found)]
     return []
+
+
+def is_disjunction(differing: Sequence[Mapping[str, Any]], agreeing: Sequence[Mapping[str, Any]],
+                   keys: Sequence[str]) -> bool:
+    """Whether every differing environment has, on one of ``keys``, a value no agreeing one has."""
+    unseen = {k: {_value(fp, k) for fp in differing} - {_value(fp, k) for fp in agreeing} for k in keys}
+    return all(any(_value(fp, k) in unseen[k] for k in keys) for fp in differing)
+
+
+def _any_of(differing: Sequence[Mapping[str, Any]], agreeing: Sequence[Mapping[str, Any]],
+            keys: Sequence[str]) -> list[list[Any]]:
+    """For a disjunction: each key with the differing environments' values that no agreeing one has."""
+    out = []
+    for k in keys:
+        unseen = {_value(fp, k) for fp in differing} - {_value(fp, k) for fp in agreeing}
+        if unseen:
+            out.append([k, sorted(_show(v) for v in unseen)])
+    return out
 
 
 def _prefixes(variant: str, backend: str | None) -> tuple[str, ...]:
@@ -264,10 +292,14 @@ def attribute(results: Iterable[Mapping[str, Any]], environments: Sequence[Envir
         a_values = sorted({tuple(_show(_value(by_label[x].fingerprint, k)) for k in keys) for x in agreeing})
         group_key = (kind, tuple(differing), tuple(agreeing), keys, tuple(d_values))
         if group_key not in groups:
+            d_fps = [by_label[x].fingerprint for x in differing]
+            a_fps = [by_label[x].fingerprint for x in agreeing]
             groups[group_key] = {
                 "kind": kind, "differing": differing, "agreeing": agreeing, "not_compared": unknown,
                 "keys": list(keys), "values": {"differing": [list(t) for t in d_values],
                                                "agreeing": [list(t) for t in a_values]},
+                # several keys that each explain some of the environments: "K1=a or K2=b"
+                "any_of": _any_of(d_fps, a_fps, keys) if len(keys) > 1 and is_disjunction(d_fps, a_fps, keys) else None,
                 "alternatives": [list(k) for k in found[1:]], "exact": bool(found), "members": [],
             }
         groups[group_key]["members"].append(member)
@@ -324,9 +356,13 @@ def _line(group: Mapping[str, Any], baseline: str) -> str:
         return (f"no recorded key separates the environments that {'fail' if errors else 'differ'} [{who}] from the "
                 f"{len(agreeing)} that {others}, on {what}: nondeterminism, or a cause the fingerprint does not record")
     keys = group["keys"]
-    d_cond = _condition(keys, [tuple(t) for t in group["values"]["differing"]])
-    a_cond = _condition(keys, [tuple(t) for t in group["values"]["agreeing"]])
-    line = f"every environment with {d_cond} [{who}] {verb} {what}; the {len(agreeing)} with {a_cond} {others}"
+    if group.get("any_of"):
+        d_cond = " or ".join(_condition([k], [(v,) for v in values]) for k, values in group["any_of"])
+        line = f"every environment with {d_cond} [{who}] {verb} {what}; the {len(agreeing)} others {others}"
+    else:
+        d_cond = _condition(keys, [tuple(t) for t in group["values"]["differing"]])
+        a_cond = _condition(keys, [tuple(t) for t in group["values"]["agreeing"]])
+        line = f"every environment with {d_cond} [{who}] {verb} {what}; the {len(agreeing)} with {a_cond} {others}"
     alternatives = group["alternatives"]
     if alternatives:
         shown = ["+".join(a) for a in alternatives[:LINE_ALTERNATIVES]]

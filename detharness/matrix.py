@@ -494,7 +494,7 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
         outcome.command = " ".join(shlex.quote(part) for part in [*_env_words(profile, overlay), "detharness",
                                                                    *command[3:]])
         outcome.log = str(log_path)
-        progress(f"{tag}: running ({profile.describe()})")
+        progress(f"{tag}: running with {profile.describe()}")
         try:
             with open(log_path, "w", encoding="utf-8") as log_file:
                 done = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, check=False,

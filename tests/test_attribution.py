@@ -55,6 +55,30 @@ def test_the_smallest_set_when_no_single_key_separates() -> None:
         ("env.OMP_NUM_THREADS", "numpy.version")]
 
 
+def test_two_causes_read_as_a_disjunction() -> None:
+    """An older jax and an XLA flag each move jax's output: "K1=a or K2=b", not a tuple of both."""
+    envs = environments("baseline", "omp-1")
+    envs += [Environment("jax-0.9", "j", fp(jax__version="0.9.2")),
+             Environment("xla", "x", fp(env__XLA_FLAGS="--xla_cpu_max_isa=SSE4_2"))]
+    results = [result("jax-0.9", GELU, "close", max_ulp=7), result("xla", GELU, "close", max_ulp=9),
+               result("omp-1", GELU, "identical")]
+    (entry,) = attribute(results, envs, backends={GELU: "jax"})
+    assert entry["keys"] == ["env.XLA_FLAGS", "jax.version"]
+    assert entry["any_of"] == [["env.XLA_FLAGS", ["--xla_cpu_max_isa=SSE4_2"]], ["jax.version", ["0.9.2"]]]
+    assert entry["line"] == ("every environment with env.XLA_FLAGS=--xla_cpu_max_isa=SSE4_2 or jax.version=0.9.2 "
+                             "[jax-0.9, xla] differs from baseline on models/gelu[jax:cpu:float32:jit] y (close, 9 ulp); "
+                             "the 2 others agree")
+
+
+def test_matrix_cells_show_what_was_compared_before_what_was_skipped() -> None:
+    envs = environments("baseline", "omp-1")
+    results = [result("omp-1", SOFTMAX, "close", max_ulp=1),
+               {**result("omp-1", SOFTMAX.replace(":cpu:", ":cuda:"), "skipped", output=None)},
+               result("omp-1", GELU, "skipped", output=None)]
+    matrix = attribution.build_matrix(envs, results)
+    assert matrix["cases"] == {"models/gelu": {"omp-1": "skipped"}, "models/softmax": {"omp-1": "close"}}
+
+
 def test_nothing_separates_environments_alike_in_every_key() -> None:
     assert separating_keys([fp(), fp(numpy__version="2.2.6")], [fp()]) == []
 

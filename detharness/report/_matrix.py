@@ -100,7 +100,15 @@ def markdown_sections(report: Mapping[str, Any]) -> list[str]:
         return out
     attribution = report.get("attribution") or []
     out += ["### Attribution", ""]
-    out += [f"- {_cell(entry['line'])}" for entry in attribution] or ["No output differs from the baseline."]
+    for entry in attribution:
+        out.append(f"- {_cell(entry['line'])}")
+        members = entry.get("members") or []
+        if len(members) > 3:  # the line names three; the rest are one click away
+            names = ", ".join(f"`{_cell(m['variant'])}`" + (f" {_cell(m['output'])}" if m.get("output") else "")
+                              for m in members)
+            out.append(f"  <details><summary>all {len(members)} outputs</summary>{names}</details>")
+    if not attribution:
+        out.append("No output differs from the baseline.")
     out.append("")
     envs = matrix["environments"]
     headers = [f"`{_cell(e)}`" for e in envs]
