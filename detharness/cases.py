@@ -434,7 +434,7 @@ def _make_arrays(c: Case, factory: InputFactory | None, *, stream: int, what: st
         arr = np.asarray(value)
         if arr.dtype.kind == "O":
             raise CaseError(f"case {c.id}: {what} {name!r} is an object array; use numbers, bools or strings")
-        out[str(name)] = np.ascontiguousarray(arr)
+        out[str(name)] = np.require(arr, requirements="C")  # ascontiguousarray makes 0-d arrays 1-d
     return out
 
 
