@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detharness.errors import UsageError
+from detharness.errors import DetHarnessError, UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -157,7 +157,7 @@ def parse_profiles(text: str, *, where: str = "<profiles>", base: Path | None = 
         raise ProfileError(f"{where}: unknown table [{unknown[0]}]; a profiles file has [matrix] and [profiles.NAME]")
     settings = _table(data.get("matrix", {}), f"{where}: [matrix]")
     _no_unknown_keys(settings, MATRIX_KEYS, f"{where}: [matrix]")
-    raw_profiles = _table(data.get("profiles"), f"{where}: [profiles]", missing="has no [profiles.NAME] tables")
+    raw_profiles = _table(data.get("profiles", {}), f"{where}: [profiles]")
     if not raw_profiles:
         raise ProfileError(f"{where}: has no [profiles.NAME] tables")
     profiles = [_profile(name, body, where, base) for name, body in raw_profiles.items()]
@@ -189,11 +189,7 @@ def parse_profiles(text: str, *, where: str = "<profiles>", base: Path | None = 
     )
 
 
-def _table(value: Any, what: str, missing: str | None = None) -> dict[str, Any]:
-    if value is None:
-        if missing:
-            raise ProfileError(f"{what.split(':')[0]}: {missing}")
-        return {}
+def _table(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProfileError(f"{what} must be a table, got {type(value).__name__}")
     return value
@@ -510,10 +506,14 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
                 last = _last_line(log_path.read_text(encoding="utf-8", errors="replace"), prefer=("detharness: error:",))
                 outcome.reason = f"detharness run exited {outcome.exit_code}: {last} (see {log_path})"
             else:
-                record = record_mod.load(bundle)
-                outcome.bundle = str(bundle)
-                outcome.environment_id = record.environment_id
-                _check_outcome(outcome, profile, record.environment)
+                try:
+                    record = record_mod.load(bundle)
+                except DetHarnessError as exc:  # a bundle this profile wrote but cannot be read back
+                    outcome.status, outcome.reason = "run failed", f"its bundle cannot be read: {exc}"
+                else:
+                    outcome.bundle = str(bundle)
+                    outcome.environment_id = record.environment_id
+                    _check_outcome(outcome, profile, record.environment)
         if outcome.status == "ok" and inputs_from is None:
             inputs_from = bundle  # the first profile that ran provides everyone's inputs
         note = f" ({'; '.join(outcome.notes)})" if outcome.notes else ""
