@@ -429,6 +429,9 @@ class PairScanner:
         elif isinstance(rule, Close):
             budget = np.multiply(magnitude, rule.rtol, out=workspace.take("budget", np.float64, size))
             budget += rule.atol
+            # A NaN reference has a NaN budget; two NaNs agree (their error is 0), so the budget
+            # there is atol. A NaN against a number is a structural mismatch judged elsewhere.
+            np.nan_to_num(budget, copy=False, nan=rule.atol)
             np.less_equal(abs_error, budget, out=result)
         elif isinstance(rule, Scaled):
             assert self.scale is not None, "the scale is measured before a scaled() rule is judged"

@@ -44,7 +44,8 @@ def passes(
     if isinstance(rule, Ulp):
         return np.array([d <= rule.budget for d in distance.tolist()], bool)
     if isinstance(rule, Close):
-        return abs_error <= rule.atol + rule.rtol * magnitude
+        # Two NaNs agree (error 0); a NaN reference has no relative budget, only atol.
+        return abs_error <= np.where(np.isnan(magnitude), rule.atol, rule.atol + rule.rtol * magnitude)
     if isinstance(rule, Scaled):
         return abs_error <= rule.factor * scale
     parts = [passes(part, distance, abs_error, magnitude, bytes_equal, scale) for part in rule.rules]  # type: ignore[attr-defined]
