@@ -349,7 +349,7 @@ class PairScanner:
         np.subtract(abs_error, expected64, out=abs_error)
         np.abs(abs_error, out=abs_error)
         max_abs = float(abs_error.max()) if abs_error.size else 0.0
-        structural = nan_vs_number = valid = None
+        structural = nan_vs_number = valid = both_nan = None
         # A non-finite maximum means a NaN or an infinity somewhere (or a float64 overflow): the
         # common all-finite chunk skips the pattern checks entirely.
         if not math.isfinite(max_abs):
@@ -363,8 +363,9 @@ class PairScanner:
             # NaN against a number, or an infinity against anything but the same infinity.
             structural = nan_vs_number | (infinite & ~same_value & ~either_nan)
             # Two NaNs, or two equal infinities (inf - inf is NaN), agree: no error at all.
-            abs_error[(expected_nan & actual_nan) | (infinite & same_value)] = 0.0
-            distance[expected_nan & actual_nan] = 0
+            both_nan = expected_nan & actual_nan
+            abs_error[both_nan | (infinite & same_value)] = 0.0
+            distance[both_nan] = 0
             if not structural.any():
                 structural = nan_vs_number = None
             else:
@@ -372,6 +373,11 @@ class PairScanner:
             kept = abs_error if valid is None else abs_error[valid]
             max_abs = float(kept.max()) if kept.size else 0.0
         magnitude = np.abs(expected64, out=expected64)
+        if both_nan is not None:
+            # A NaN reference would make close()'s budget NaN, failing two NaNs that agree; give
+            # them magnitude 0 (budget atol, error 0). Fixed here, where NaNs are known to exist,
+            # rather than by a pass over every budget.
+            magnitude[both_nan] = 0.0
         rel_error = np.divide(abs_error, magnitude, out=workspace.take("rel", np.float64, size))
         max_rel = float(rel_error.max()) if rel_error.size else 0.0
         if math.isnan(max_rel) or valid is not None:
@@ -429,9 +435,6 @@ class PairScanner:
         elif isinstance(rule, Close):
             budget = np.multiply(magnitude, rule.rtol, out=workspace.take("budget", np.float64, size))
             budget += rule.atol
-            # A NaN reference has a NaN budget; two NaNs agree (their error is 0), so the budget
-            # there is atol. A NaN against a number is a structural mismatch judged elsewhere.
-            np.nan_to_num(budget, copy=False, nan=rule.atol)
             np.less_equal(abs_error, budget, out=result)
         elif isinstance(rule, Scaled):
             assert self.scale is not None, "the scale is measured before a scaled() rule is judged"
