@@ -154,8 +154,7 @@ class _State:
         return self.record.cases[c.id]
 
     def execute(self, v: Any) -> Any:
-        from detharness.record import VariantRecord
-        from detharness.runner import execute
+        from detharness.runner import execute, variant_record
 
         if v.id in self.record.variants:
             return self.record.variants[v.id]
@@ -173,14 +172,7 @@ class _State:
             # backend's own settings are put back before each variant, as a worker would have them.
             backend._load_framework()
             result = execute(backend, v.case, task)
-        outputs = result.get("outputs") or {}
-        record = VariantRecord(
-            id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
-            mode=v.mode, status=result["status"], reference=v.impl.reference, error=result.get("error"),
-            seconds=result.get("seconds"), outputs=outputs,
-            tolerances={name: v.case.tolerance_for(name, v.dtype) for name in outputs}, info=result.get("info") or {},
-            distinct_results=result.get("distinct_results"), repeat_outputs=result.get("repeat_outputs"),
-            roundtrip=result.get("roundtrip"))
+        record = variant_record(v, result)
         self.record.variants[v.id] = record
         return record
 

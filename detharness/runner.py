@@ -437,15 +437,21 @@ def run(options: RunOptions) -> RunRecord:
         if len(passes) > 1:
             r = merge_process_passes(v.id, [p.get(v.id, {"status": "error", "error": "no result (worker lost)"})
                                             for p in passes])
-        record.variants[v.id] = VariantRecord(
-            id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
-            mode=v.mode, status=r["status"], reference=v.impl.reference, error=r.get("error"),
-            seconds=r.get("seconds"), outputs=r.get("outputs") or {},
-            tolerances={name: v.case.tolerance_for(name, v.dtype) for name in (r.get("outputs") or {})},
-            distinct_results=r.get("distinct_results"), repeat_outputs=r.get("repeat_outputs"), info=r.get("info") or {},
-            repeat=r.get("repeat"), roundtrip=r.get("roundtrip"),
-        )
+        record.variants[v.id] = variant_record(v, r)
     return record
+
+
+def variant_record(v: Variant, result: Mapping[str, Any]) -> VariantRecord:
+    """The record of one variant from its result dict (from a worker, this process or the plugin)."""
+    outputs = result.get("outputs") or {}
+    return VariantRecord(
+        id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
+        mode=v.mode, status=result["status"], reference=v.impl.reference, error=result.get("error"),
+        seconds=result.get("seconds"), outputs=outputs,
+        tolerances={name: v.case.tolerance_for(name, v.dtype) for name in outputs},
+        distinct_results=result.get("distinct_results"), repeat_outputs=result.get("repeat_outputs"),
+        info=result.get("info") or {}, repeat=result.get("repeat"), roundtrip=result.get("roundtrip"),
+    )
 
 
 def merge_process_passes(vid: str, passes: list[dict[str, Any]]) -> dict[str, Any]:
