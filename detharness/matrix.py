@@ -483,13 +483,13 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
                 outcome.seconds = round(time.perf_counter() - start, 1)
                 progress(f"{tag}: setup failed: {exc}")
                 continue
-            outcome.overlay, outcome.overlay_reused = str(overlay), reused
+            outcome.overlay, outcome.overlay_reused = shown_path(overlay), reused
         bundle = out_dir / profile.name
         log_path = out_dir / f"{profile.name}.log"
         command = run_command(spec, bundle, keyword=keyword, inputs_from=inputs_from, python=python)
         outcome.command = " ".join(shlex.quote(part) for part in [*_env_words(profile, overlay), "detharness",
                                                                    *command[3:]])
-        outcome.log = str(log_path)
+        outcome.log = shown_path(log_path)
         progress(f"{tag}: running with {profile.describe()}")
         try:
             with open(log_path, "w", encoding="utf-8") as log_file:
@@ -521,6 +521,15 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
     return outcomes
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path as a report shows it: relative to here, or from ``~``, so published reports name no home folder."""
+    full = os.path.abspath(path)
+    for root, prefix in ((os.getcwd(), ""), (os.path.expanduser("~"), "~/")):
+        if full == root or full.startswith(root.rstrip(os.sep) + os.sep):
+            return prefix + os.path.relpath(full, root) if full != root else (prefix or ".")
+    return str(path)
+
+
 def _env_words(profile: Profile, overlay: Path | None) -> list[str]:
     """``env -u X A=1 PYTHONPATH=...`` for the reproduce line of a profile."""
     words = ["env"] if profile.env or profile.unset or overlay is not None else []
@@ -528,7 +537,7 @@ def _env_words(profile: Profile, overlay: Path | None) -> list[str]:
         words += ["-u", variable]
     words += [f"{k}={v}" for k, v in profile.env.items()]
     if overlay is not None:
-        words.append(f"PYTHONPATH={overlay}")
+        words.append(f"PYTHONPATH={shown_path(overlay)}")
     return words
 
 
