@@ -314,10 +314,10 @@ def attribute(results: Iterable[Mapping[str, Any]], environments: Sequence[Envir
         add("differs", variant, differing, agreeing, {"case": worst["case"], "variant": variant, "output": output,
                                                       "status": worst["status"],
                                                       "max_ulp": max(numeric) if numeric else None})
-    compared = {r["variant"] for r in results}
-    for variant, per_label in (outcomes or {}).items():
-        failing = sorted(label for label, status in per_label.items() if status == "error" and label in by_label)
-        running = [e.label for e in environments if per_label.get(e.label) == "ok"]
+    compared = {variant for variant, _output in rows}
+    for variant, ran in (outcomes or {}).items():
+        failing = sorted(label for label, status in ran.items() if status == "error" and label in by_label)
+        running = [e.label for e in environments if ran.get(e.label) == "ok"]
         if variant not in compared or not failing or not running:
             continue  # errors everywhere say nothing about the environment
         case = variant.split("[", 1)[0]

@@ -61,7 +61,7 @@ def pairs_table(matrix: Mapping[str, Any], fmt: str) -> str:
             pair = counts.get((a, b)) or counts.get((b, a))
             row.append("" if j <= i or pair is None else f"{pair['differing']}/{pair['compared']}")
         rows.append(row)
-    return tabulate(rows, headers=["", *labels], tablefmt=fmt, disable_numparse=True)
+    return str(tabulate(rows, headers=["", *labels], tablefmt=fmt, disable_numparse=True))
 
 
 def text_sections(report: Mapping[str, Any]) -> list[str]:
