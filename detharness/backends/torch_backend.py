@@ -347,7 +347,10 @@ def _quiet_export() -> Iterator[None]:
 
     Tracer warnings stay: they say the export may not match eager, which is the point of the mode.
     """
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx")]
+    # onnxscript's optimizer and onnx_ir log every pass they skip at WARNING ("Skipping constant
+    # folding ..."), which reads like a problem in a run's output though nothing is wrong.
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "onnx_ir")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
@@ -355,6 +358,8 @@ def _quiet_export() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
+            # An RNN's flat weights are plain attributes; the export notes it and stays correct.
+            warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
             yield
     finally:
         for logger, level in zip(loggers, levels):
