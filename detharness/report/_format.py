@@ -1,9 +1,17 @@
-"""Number formatting shared by the text and markdown reports."""
+"""Formatting shared by the text and markdown reports: numbers, headlines, table cells, skip reasons."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+# Statuses that get no failure details: the rest (diverged, mismatch, error) are what a reader looks into.
+PASSING = ("identical", "close", "known", "skipped", "missing")
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` safe inside a markdown table cell: no column break, no line break."""
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def number(value: Any) -> str:

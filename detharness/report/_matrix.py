@@ -11,15 +11,13 @@ from typing import Any
 
 from tabulate import tabulate
 
+from detharness.report._format import markdown_cell as _cell
+
 # Wide matrices are read row by row; a column per environment is what the reader scans, so the
 # statuses get short names.
 _SHORT = {"identical": "=", "close": "close", "known": "known", "skipped": "skip", "missing": "missing",
           "diverged": "DIVERGED", "mismatch": "MISMATCH", "error": "ERROR"}
 LEGEND = "= bitwise identical to the baseline; close: within tolerance but not bitwise; skip: not run on one side"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def profile_rows(profiles: Sequence[Mapping[str, Any]]) -> list[list[str]]:

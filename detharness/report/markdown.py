@@ -7,15 +7,11 @@ from typing import Any
 
 from tabulate import tabulate
 
-from detharness.report._format import env_diff_text, headline, number, skipped_reasons, summary_line
+from detharness.report._format import PASSING, env_diff_text, headline, number, skipped_reasons, summary_line
+from detharness.report._format import markdown_cell as _cell
 from detharness.report._matrix import markdown_sections
 
-PASSING = ("identical", "close", "known", "skipped", "missing")
 MAX_ROWS = 1000
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def render(report: Mapping[str, Any]) -> str:

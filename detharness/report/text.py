@@ -7,10 +7,9 @@ from typing import Any
 
 from tabulate import tabulate
 
-from detharness.report._format import env_diff_text, headline, number, skipped_reasons, summary_line
+from detharness.report._format import PASSING, env_diff_text, headline, number, skipped_reasons, summary_line
 from detharness.report._matrix import text_sections
 
-PASSING = ("identical", "close", "known", "skipped", "missing")
 MAX_DETAILS = 10
 
 
