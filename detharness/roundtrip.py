@@ -487,10 +487,10 @@ class NumpySafetensorsFormat(NumpyStateFormat):
                 meta[f"str:{key}"] = json.dumps({"shape": list(arr.shape), "data": arr.ravel().tolist()})
             elif name == "bfloat16":
                 # safetensors' numpy API has no ml_dtypes bfloat16: the bits travel as uint16.
-                tensors[key] = np.ascontiguousarray(arr).view(np.uint16)
+                tensors[key] = np.require(arr, requirements="C").view(np.uint16)
                 meta[f"bfloat16:{key}"] = "1"
             else:
-                tensors[key] = np.ascontiguousarray(arr)
+                tensors[key] = np.require(arr, requirements="C")  # ascontiguousarray makes 0-d arrays 1-d
         save_file(tensors, str(folder / "state.safetensors"), metadata=meta or None)
 
     def load(self, folder: Path, ctx: RoundtripContext) -> Any:

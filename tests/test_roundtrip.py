@@ -254,3 +254,18 @@ def test_json_and_safetensors_states_keep_every_bit_pattern(dtype: str, data: st
         assert not changed and not notes, (fmt.name, values, back.get_state())
         assert all(p["before"] == p["after"] for p in params.values())
         assert sha256_of(back.get_state()["w"]) == sha256_of(obj.get_state()["w"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int64"])
+def test_a_0d_state_keeps_its_shape_through_every_numpy_format(dtype: str) -> None:
+    """A fitted count or mean is often a 0-d array: a format must not hand it back as shape (1,)."""
+    obj = _State({"n": np.asarray(3, dtype=numpy_dtype(dtype))})
+    for fmt in (NumpyJsonFormat(), NumpySafetensorsFormat()):
+        ctx = RoundtripContext(backend=None, device="cpu", dtype="float32", example_inputs=(), build=lambda: obj,
+                               key="k", obj=obj)
+        with tempfile.TemporaryDirectory() as folder:
+            fmt.save(obj, Path(folder), ctx)
+            back = fmt.load(Path(folder), ctx)
+        assert back.get_state()["n"].shape == (), fmt.name
+        params, changed, notes = compare_parameters(obj.get_state(), back.get_state())
+        assert not changed and not notes, (fmt.name, notes)
