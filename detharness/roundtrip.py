@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from detharness.dtypes import FLOAT_DTYPES, dtype_name, numpy_dtype
+from detharness.dtypes import FLOAT_DTYPES, dtype_name, numpy_dtype, torch_dtype
 from detharness.errors import CaseError
 
 PREFIX = "roundtrip:"
@@ -169,13 +169,17 @@ def _torch_module(obj: Any, fmt: RoundtripFormat) -> Any:
     return obj
 
 
-class TorchStateDictFormat(RoundtripFormat):
-    """Base of the torch formats that save a ``state_dict`` and load it into a fresh module."""
+class TorchModuleFormat(RoundtripFormat):
+    """Base of the torch formats: what they save is a ``torch.nn.Module``, its parameters its state_dict."""
 
     backend = "torch"
 
     def parameters(self, obj: Any, ctx: RoundtripContext) -> dict[str, np.ndarray] | None:
         return {name: ctx.backend.to_numpy(t) for name, t in _torch_module(obj, self).state_dict().items()}
+
+
+class TorchStateDictFormat(TorchModuleFormat):
+    """Base of the torch formats that save a ``state_dict`` and load it into a fresh module."""
 
     def fresh_module(self, ctx: RoundtripContext) -> Any:
         """A new module from the builder on the variant's device and dtype, its floats all NaN.
@@ -184,8 +188,6 @@ class TorchStateDictFormat(RoundtripFormat):
         forgets some: NaN makes every parameter the load does not fill show up in the outputs.
         """
         import torch
-
-        from detharness.dtypes import FLOAT_DTYPES, torch_dtype
 
         module = _torch_module(ctx.build(), self).to(device=torch.device(ctx.device))
         if ctx.dtype in FLOAT_DTYPES:
@@ -235,13 +237,9 @@ class TorchSafetensorsFormat(TorchStateDictFormat):
         return module
 
 
-class TorchExportFormat(RoundtripFormat):
+class TorchExportFormat(TorchModuleFormat):
     name = "torch.export"
-    backend = "torch"
     description = "torch.export.export, torch.export.save and torch.export.load; runs ExportedProgram.module()"
-
-    def parameters(self, obj: Any, ctx: RoundtripContext) -> dict[str, np.ndarray] | None:
-        return {name: ctx.backend.to_numpy(t) for name, t in _torch_module(obj, self).state_dict().items()}
 
     def loaded_parameters(self, loaded: Any, ctx: RoundtripContext) -> dict[str, np.ndarray] | None:
         return {name: ctx.backend.to_numpy(t) for name, t in loaded.state_dict.items()}
@@ -279,10 +277,9 @@ _ONNX_EXPORTS: dict[tuple[str, str, int], bytes] = {}
 _ONNX_EXPORTS_KEPT = 8
 
 
-class TorchOnnxFormat(RoundtripFormat):
+class TorchOnnxFormat(TorchModuleFormat):
     """Export to ONNX, save the ``.onnx`` file, load it and run it in ONNX Runtime at one level."""
 
-    backend = "torch"
     exact = False  # another runtime computes the after outputs: the case's tolerance judges them
 
     def __init__(self, exporter: str, opset: int, level: str) -> None:
@@ -293,9 +290,6 @@ class TorchOnnxFormat(RoundtripFormat):
         self.requires = ("onnx", "onnxruntime") + (("onnxscript",) if exporter == "dynamo" else ())
         self.description = (f"torch.onnx.export ({exporter} exporter, opset {opset}), onnx.save and onnx.load, "
                             f"then ONNX Runtime at optimization level {level}")
-
-    def parameters(self, obj: Any, ctx: RoundtripContext) -> dict[str, np.ndarray] | None:
-        return {name: ctx.backend.to_numpy(t) for name, t in _torch_module(obj, self).state_dict().items()}
 
     def loaded_parameters(self, loaded: Any, ctx: RoundtripContext) -> dict[str, np.ndarray] | None:
         from onnx import numpy_helper
