@@ -41,9 +41,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detharness.errors import DetHarnessError, UsageError
+
+if TYPE_CHECKING:
+    from detharness.record import RunRecord
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -393,9 +396,12 @@ class ProfileOutcome:
     versions: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     command: str = ""
+    # The bundle as read back after the run (every array's hash checked): the report compares this
+    # one rather than reading and hashing the bundle a second time.
+    record: RunRecord | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "record"}
 
 
 def profile_environment(profile: Profile, overlay: Path | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -511,7 +517,7 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
                 except DetHarnessError as exc:  # a bundle this profile wrote but cannot be read back
                     outcome.status, outcome.reason = "run failed", f"its bundle cannot be read: {exc}"
                 else:
-                    outcome.bundle = str(bundle)
+                    outcome.bundle, outcome.record = str(bundle), record
                     outcome.environment_id = record.environment_id
                     _check_outcome(outcome, profile, record.environment)
         if outcome.status == "ok" and inputs_from is None:
@@ -541,7 +547,7 @@ def _env_words(profile: Profile, overlay: Path | None) -> list[str]:
     return words
 
 
-def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *, keyword: str | None = None,
+def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
                   seconds: float | None = None) -> dict[str, Any]:
     """Compare every bundle that was written against the baseline's (or the first that ran).
 
@@ -556,7 +562,7 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *, keywo
                              "bundles": [o.bundle for o in ran]}
     environments: dict[str, Any] = {}
     if ran:
-        records = [record_mod.load(o.bundle) for o in ran if o.bundle]
+        records = [o.record if o.record is not None else record_mod.load(o.bundle) for o in ran if o.bundle]
         environments = {r.environment_id: r.environment for r in records}
         if len(records) > 1:
             compared, nway = attribution.compare_bundles(records, [o.name for o in ran], all_pairs=True)

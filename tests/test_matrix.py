@@ -196,6 +196,31 @@ def test_unknown_aten_capability_and_pins_that_did_not_take_effect_are_recorded(
     assert fine.status == "ok" and fine.versions == {"torch": "2.13.0+cpu"}
 
 
+def test_the_report_compares_the_records_run_matrix_read_back_without_reading_them_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from detharness import record as record_mod
+    from detharness.record import RunRecord, VariantRecord
+
+    vid = "models/softmax[numpy:cpu:float32:eager]"
+    outcomes = []
+    for name, y in (("baseline", np.zeros(4, np.float32)), ("aten-default", np.ones(4, np.float32))):
+        variant = VariantRecord(id=vid, case="models/softmax", impl="numpy", backend="numpy", device="cpu",
+                                dtype="float32", mode="eager", status="ok", outputs={"y": y})
+        record = RunRecord(environment={"profile": name}, environment_id=f"{name}-id", variants={vid: variant})
+        record_mod.save(record, tmp_path / name)
+        outcomes.append(matrix.ProfileOutcome(name=name, changes="", bundle=str(tmp_path / name),
+                                              record=record_mod.load(tmp_path / name)))
+    loads: list[str] = []
+    monkeypatch.setattr(record_mod, "load", lambda path: loads.append(str(path)))
+    spec = parse_profiles("[profiles.baseline]\n[profiles.aten-default]\n")
+    report = matrix.matrix_report(spec, outcomes)
+    assert loads == []  # each bundle was read (and every array hashed) once, by run_matrix
+    assert [(r["candidate_label"], r["status"]) for r in report["results"]] == [("aten-default", "diverged")]
+    assert "record" not in report["profiles"][0]
+
+
 @pytest.mark.slow
 def test_a_real_matrix_attributes_softmax_to_torchs_capability_and_survives_failing_profiles(
         tmp_path: Path, offline_pip: Path) -> None:
