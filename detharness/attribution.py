@@ -20,16 +20,14 @@ imports no framework.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from detharness import checks
+from detharness.bundle import encode_array
 from detharness.cases import parse_variant_id
 from detharness.compare import Status
 from detharness.environment import VOLATILE_KEYS
@@ -373,14 +371,13 @@ def _line(group: Mapping[str, Any], baseline: str) -> str:
 
 
 def _output_digests(v: VariantRecord) -> dict[str, str]:
-    """Each output's content hash: the bundle's stored sha256 where there is one, else computed."""
+    """Each output's dtype, shape and content hash: the bundle's stored ref where there is one, else
+    the ref a bundle would store (the same form, so a loaded record and an in-memory one compare)."""
     if isinstance(v.outputs, LazyArrays):
-        return {name: f"{ref.get('dtype')}|{ref.get('shape')}|{ref.get('sha256')}" for name, ref in v.outputs.refs.items()}
-    digests = {}
-    for name, arr in v.outputs.items():
-        arr = np.ascontiguousarray(arr)
-        digests[name] = f"{arr.dtype.str}|{list(arr.shape)}|{hashlib.sha256(arr.tobytes()).hexdigest()}"
-    return digests
+        refs: Mapping[str, Mapping[str, Any]] = v.outputs.refs
+    else:
+        refs = {name: encode_array(arr)[0] for name, arr in v.outputs.items()}
+    return {name: f"{ref.get('dtype')}|{ref.get('shape')}|{ref.get('sha256')}" for name, ref in refs.items()}
 
 
 def pairwise_differences(records: Sequence[RunRecord], labels: Sequence[str], *, match_device: str = "same",
@@ -389,6 +386,13 @@ def pairwise_differences(records: Sequence[RunRecord], labels: Sequence[str], *,
     from detharness.select import compile_expression
 
     match = compile_expression(keyword) if keyword else None
+    digests: dict[int, dict[str, str]] = {}  # by id(VariantRecord): each bundle is in N-1 pairs, hashed once
+
+    def digests_of(v: VariantRecord) -> dict[str, str]:
+        if id(v) not in digests:
+            digests[id(v)] = _output_digests(v)
+        return digests[id(v)]
+
     pairs = []
     for (i, a), (j, b) in itertools.combinations(enumerate(records), 2):
         compared = differing = 0
@@ -397,7 +401,7 @@ def pairwise_differences(records: Sequence[RunRecord], labels: Sequence[str], *,
                 continue
             if match is not None and not match(vid, {vb.backend, vb.impl, vb.device, vb.dtype, vb.mode}):
                 continue
-            da, db = _output_digests(va), _output_digests(vb)
+            da, db = digests_of(va), digests_of(vb)
             for name in set(da) | set(db):
                 compared += 1
                 differing += da.get(name) != db.get(name)

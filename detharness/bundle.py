@@ -221,6 +221,28 @@ def _decode(data: bytes, stored: _ArrayFile) -> np.ndarray:
     return array
 
 
+def encode_array(array: Any) -> tuple[dict[str, Any], bytes]:
+    """The array ref a bundle would hold for ``array``, and the bytes it would store; writes nothing.
+
+    Also what compares an in-memory array with a stored one by hash: equal refs, equal content.
+    """
+    array = np.asarray(array)
+    name, storage = _storage_dtype(array)
+    data = _encode(array, name, storage)
+    digest = hashlib.sha256(data).hexdigest()
+    ref: dict[str, Any] = {
+        "format": RAW_FORMAT,
+        "dtype": name,
+        "shape": [int(side) for side in array.shape],
+        "sha256": digest,
+        "file": f"{ARRAYS_DIR}/{digest}.bin",
+        "nbytes": len(data),
+    }
+    if name == "str":
+        ref["numpy_dtype"] = storage.str
+    return ref, data
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -301,23 +323,10 @@ class BundleWriter:
 
     def put_array(self, array: Any) -> dict[str, Any]:
         """Store ``array`` (once: equal bytes are not written again) and return its array ref."""
-        array = np.asarray(array)
-        name, storage = _storage_dtype(array)
-        data = _encode(array, name, storage)
-        digest = hashlib.sha256(data).hexdigest()
-        target = self.path / ARRAYS_DIR / f"{digest}.bin"
+        ref, data = encode_array(array)
+        target = self.path / ref["file"]
         if not _is_file_of_size(target, len(data)):
             atomic_write_bytes(target, data)
-        ref: dict[str, Any] = {
-            "format": RAW_FORMAT,
-            "dtype": name,
-            "shape": [int(side) for side in array.shape],
-            "sha256": digest,
-            "file": f"{ARRAYS_DIR}/{digest}.bin",
-            "nbytes": len(data),
-        }
-        if name == "str":
-            ref["numpy_dtype"] = storage.str
         return ref
 
     def write_part(self, name: str | None, data: Mapping[str, Any]) -> Path:

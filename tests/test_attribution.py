@@ -230,3 +230,16 @@ def test_large_key_sets_stop_before_triples(monkeypatch: pytest.MonkeyPatch) -> 
     envs = {"a": fp(), "b": fp(numpy__version="2.2.6"), "c": fp(env__OMP_NUM_THREADS="1"),
             "d": fp(numpy__version="2.2.6", env__OMP_NUM_THREADS="1")}
     assert separating_keys([envs["d"]], [envs["a"], envs["b"], envs["c"]])  # pairs are still tried
+
+
+def test_pairs_hold_a_bundle_read_back_and_an_in_memory_record_of_the_same_outputs_equal(tmp_path: Any) -> None:
+    """A loaded record's outputs are known by their stored refs, an in-memory one's by hashing; both
+    must name a dtype and shape the same way, or every output would count as differing."""
+    from detharness import record as record_mod
+
+    y = np.linspace(0, 1, 64, dtype=np.float32)
+    in_memory = record("baseline", {SOFTMAX: y})
+    record_mod.save(in_memory, tmp_path / "baseline")
+    loaded = record_mod.load(tmp_path / "baseline")
+    assert attribution.pairwise_differences([loaded, in_memory], ["loaded", "in-memory"]) == [
+        {"a": "loaded", "b": "in-memory", "compared": 1, "differing": 0}]
