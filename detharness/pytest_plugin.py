@@ -154,7 +154,7 @@ class _State:
         return self.record.cases[c.id]
 
     def execute(self, v: Any) -> Any:
-        from detharness.runner import execute, variant_record
+        from detharness.runner import execute, task_for, variant_record
 
         if v.id in self.record.variants:
             return self.record.variants[v.id]
@@ -165,8 +165,7 @@ class _State:
         elif isinstance(backend, Exception):
             result = {"status": "error", "error": str(backend)}
         else:
-            task = {"id": v.id, "case": v.case.id, "impl": v.impl.name, "device": v.device, "dtype": v.dtype,
-                    "mode": v.mode, "repeat": self.repeat, "inputs": dict(case.inputs), "params": dict(case.params)}
+            task = task_for(v, case.inputs, case.params, repeat=self.repeat)
             # The test process is shared with other tests, which may reset a framework's global
             # settings after the backend loaded (a fixture turning jax's x64 off again): the
             # backend's own settings are put back before each variant, as a worker would have them.

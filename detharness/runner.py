@@ -138,6 +138,13 @@ def case_arrays(c: Case, replay: RunRecord | None) -> tuple[dict[str, np.ndarray
     return c.make_inputs(), c.make_params()
 
 
+def task_for(v: Variant, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], repeat: int
+             ) -> dict[str, Any]:
+    """What :func:`execute` needs to run one variant (a plain dict: it crosses to a worker process)."""
+    return {"id": v.id, "case": v.case.id, "impl": v.impl.name, "device": v.device, "dtype": v.dtype,
+            "mode": v.mode, "repeat": repeat, "inputs": dict(inputs), "params": dict(params)}
+
+
 def execute(backend: Backend, c: Case, task: Mapping[str, Any]) -> dict[str, Any]:
     """Run one variant with a loaded backend; returns a result dict (never raises for case errors)."""
     impl = c.impls[task["impl"]]
@@ -380,9 +387,7 @@ def run(options: RunOptions) -> RunRecord:
                 options.progress(done, total, result["id"])
 
     def task_of(v: Variant) -> dict[str, Any]:
-        inputs, params = arrays[v.case.id]
-        return {"id": v.id, "case": v.case.id, "impl": v.impl.name, "device": v.device, "dtype": v.dtype,
-                "mode": v.mode, "repeat": options.repeat, "inputs": inputs, "params": params}
+        return task_for(v, *arrays[v.case.id], repeat=options.repeat)
 
     def run_backend(name: str, todo: list[Variant]) -> None:
         backend = get_backend(name)
