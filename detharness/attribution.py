@@ -30,7 +30,7 @@ from detharness import checks
 from detharness.bundle import encode_array
 from detharness.cases import parse_variant_id
 from detharness.compare import Status
-from detharness.environment import VOLATILE_KEYS
+from detharness.environment import VOLATILE_KEYS, format_value
 from detharness.errors import CaseError
 from detharness.record import LazyArrays, RunRecord, VariantRecord
 
@@ -154,14 +154,6 @@ def _value(fp: Mapping[str, Any], key: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _show(value: Any) -> str:
-    if value is None:
-        return "(unset)"
-    if isinstance(value, tuple):
-        return " ".join(str(v) for v in value) if value else "(none)"
-    return str(value)
-
-
 def _key_rank(key: str, prefixes: tuple[str, ...]) -> int:
     head = key.split(".", 1)[0]
     if head in prefixes:
@@ -216,7 +208,7 @@ def _any_of(differing: Sequence[Mapping[str, Any]], agreeing: Sequence[Mapping[s
     for k in keys:
         unseen = {_value(fp, k) for fp in differing} - {_value(fp, k) for fp in agreeing}
         if unseen:
-            out.append([k, sorted(_show(v) for v in unseen)])
+            out.append([k, sorted(format_value(v) for v in unseen)])
     return out
 
 
@@ -233,7 +225,7 @@ def _prefixes(variant: str, backend: str | None) -> tuple[str, ...]:
 
 
 def _condition(keys: Sequence[str], tuples: Iterable[tuple[Any, ...]]) -> str:
-    shown = sorted({tuple(_show(v) for v in t) for t in tuples})
+    shown = sorted({tuple(format_value(v) for v in t) for t in tuples})
     if len(keys) == 1:
         values = [t[0] for t in shown]
         return f"{keys[0]}={values[0]}" if len(values) == 1 else f"{keys[0]} in {{{', '.join(values)}}}"
@@ -286,8 +278,8 @@ def attribute(results: Iterable[Mapping[str, Any]], environments: Sequence[Envir
                                                 [by_label[x].fingerprint for x in agreeing], prefer=prefer)
         found = separations[memo]
         keys = found[0] if found else ()
-        d_values = sorted({tuple(_show(_value(by_label[x].fingerprint, k)) for k in keys) for x in differing})
-        a_values = sorted({tuple(_show(_value(by_label[x].fingerprint, k)) for k in keys) for x in agreeing})
+        d_values = sorted({tuple(format_value(_value(by_label[x].fingerprint, k)) for k in keys) for x in differing})
+        a_values = sorted({tuple(format_value(_value(by_label[x].fingerprint, k)) for k in keys) for x in agreeing})
         group_key = (kind, tuple(differing), tuple(agreeing), keys, tuple(d_values))
         if group_key not in groups:
             d_fps = [by_label[x].fingerprint for x in differing]

@@ -266,12 +266,13 @@ def format_fingerprint(fp: Mapping[str, Any], *, with_id: bool = False) -> str:
         lines += [f"{'environment':<{width}}  {short_id(fp)}", ""]
     for prefix in sorted(groups, key=group_rank):
         for key in sorted(groups[prefix]):
-            lines.append(f"{key:<{width}}  {_format_value(fp[key])}".rstrip())
+            lines.append(f"{key:<{width}}  {format_value(fp[key])}".rstrip())
         lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """One fingerprint value as text: lists space-separated (``(none)`` when empty), None as ``(unset)``."""
     if value is None:
         return "(unset)"
     if isinstance(value, (list, tuple)):
