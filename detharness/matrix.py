@@ -504,13 +504,13 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
             outcome.exit_code = done.returncode
         except subprocess.TimeoutExpired:
             outcome.status = "run failed"
-            outcome.reason = f"took longer than {spec.profile_timeout:.0f}s (see {log_path})"
+            outcome.reason = f"took longer than {spec.profile_timeout:.0f}s (see {outcome.log})"
         outcome.seconds = round(time.perf_counter() - start, 1)
         if outcome.status == "ok":
             if outcome.exit_code not in (0, 1) or not (bundle / "manifest.json").exists():
                 outcome.status = "run failed"
                 last = _last_line(log_path.read_text(encoding="utf-8", errors="replace"), prefer=("detharness: error:",))
-                outcome.reason = f"detharness run exited {outcome.exit_code}: {last} (see {log_path})"
+                outcome.reason = f"detharness run exited {outcome.exit_code}: {last} (see {outcome.log})"
             else:
                 try:
                     record = record_mod.load(bundle)

@@ -221,6 +221,21 @@ def test_the_report_compares_the_records_run_matrix_read_back_without_reading_th
     assert "record" not in report["profiles"][0]
 
 
+def test_a_failed_profiles_reason_names_its_log_as_reports_show_paths(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reason lands in published reports beside ``log``: both name no home folder."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(ROOT)
+    spec = parse_profiles("[profiles.baseline]\n")
+    (outcome,) = matrix.run_matrix(spec, tmp_path / "out", python=str(shutil.which("false")))
+    assert (outcome.status, outcome.exit_code, outcome.log) == ("run failed", 1, "~/out/baseline.log")
+    assert outcome.reason.startswith("detharness run exited 1:") and outcome.reason.endswith(
+        " (see ~/out/baseline.log)")
+    assert str(tmp_path) not in outcome.reason
+
+
 @pytest.mark.slow
 def test_a_real_matrix_attributes_softmax_to_torchs_capability_and_survives_failing_profiles(
         tmp_path: Path, offline_pip: Path) -> None:
