@@ -126,14 +126,25 @@ class Variant:
 
     @property
     def tags(self) -> frozenset[str]:
-        """The case's tags, plus ``roundtrip`` for a round-trip mode: ``--tag roundtrip`` selects
-        every round trip, also those of model cases whose other variants are not round trips."""
-        return self.case.tags | {"roundtrip"} if self.mode.startswith("roundtrip:") else self.case.tags
+        return variant_tags(self.case.tags, self.mode)
 
     @property
     def keywords(self) -> set[str]:
-        """Names a ``-k`` expression can match besides the id: tags, backend, device, dtype, mode."""
-        return {*self.tags, self.impl.backend, self.impl.name, self.device, self.dtype, self.mode}
+        return variant_keywords(self.case.tags, self.impl.backend, self.impl.name, self.device, self.dtype, self.mode)
+
+
+def variant_tags(case_tags: Iterable[str], mode: str) -> frozenset[str]:
+    """The case's tags, plus ``roundtrip`` for a round-trip mode: ``--tag roundtrip`` selects
+    every round trip, also those of model cases whose other variants are not round trips."""
+    tags = frozenset(case_tags)
+    return tags | {"roundtrip"} if mode.startswith("roundtrip:") else tags
+
+
+def variant_keywords(case_tags: Iterable[str], backend: str, impl: str, device: str, dtype: str, mode: str) -> set[str]:
+    """Names a ``-k`` expression can match besides the id: tags, backend, implementation, device,
+    dtype, mode. One definition for a declared variant and a recorded one, so that ``compare -k``
+    keeps what ``run -k`` ran."""
+    return {*variant_tags(case_tags, mode), backend, impl, device, dtype, mode}
 
 
 def variant_id(case_id: str, impl: str, device: str, dtype: str, mode: str) -> str:

@@ -21,14 +21,15 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from detharness import environment as env_mod
-from detharness.cases import parse_variant_id, variant_id
 import numpy as np
 
+from detharness import environment as env_mod
+from detharness.cases import parse_variant_id, variant_id, variant_keywords
 from detharness.compare import Status, Verdict, compare
 from detharness.compare.verdict import share
 from detharness.record import CaseRecord, RunRecord, VariantRecord
 from detharness.roundtrip import is_roundtrip_mode
+from detharness.select import compile_expression
 
 CHECKS = ("backend", "device", "repeat", "rng", "roundtrip", "environment")
 RUN_CHECKS = ("backend", "device", "repeat", "rng", "roundtrip")
@@ -456,8 +457,6 @@ def reproduce_compare(baseline: RunRecord, variant: str) -> str:
 
 def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device: str = "same",
                       keyword: str | None = None, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    from detharness.select import compile_expression
-
     match = compile_expression(keyword) if keyword else None
     diff = env_mod.diff(baseline.environment, candidate.environment)
     base_name, cand_name = baseline.environment_id[:12], candidate.environment_id[:12]
@@ -466,13 +465,13 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
     for vid, b, c in pair_variants(baseline, candidate, match_device):
         if wanted is not None and vid not in wanted:
             continue
-        if match is not None and not match(vid, _keywords(b or c)):
-            continue
         one = c or b
         assert one is not None
         case_b, case_c = baseline.cases.get(one.case), candidate.cases.get(one.case)
-        # An rng case's outputs are streams: labelled rng, held exactly, said where they part.
         either = case_c if case_c is not None else case_b
+        if match is not None and not match(vid, record_keywords(either, b or one)):
+            continue
+        # An rng case's outputs are streams: labelled rng, held exactly, said where they part.
         check = "rng" if either is not None and either.kind == "rng" else "environment"
         this_diff = dict(diff)
         if case_b is not None and case_c is not None and case_b.fingerprint != case_c.fingerprint:
@@ -511,10 +510,9 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
     return results
 
 
-def _keywords(v: VariantRecord | None) -> set[str]:
-    if v is None:
-        return set()
-    return {v.backend, v.impl, v.device, v.dtype, v.mode}
+def record_keywords(case: CaseRecord | None, v: VariantRecord) -> set[str]:
+    """What ``-k`` matches besides a recorded variant's id: the same names as a declared variant's."""
+    return variant_keywords(case.tags if case is not None else (), v.backend, v.impl, v.device, v.dtype, v.mode)
 
 
 def summarize(results: Iterable[Mapping[str, Any]]) -> dict[str, int]:

@@ -115,6 +115,16 @@ def test_match_device_any_holds_cuda_against_cpu() -> None:
     assert [(r["variant"], r["status"]) for r in results] == [("demo/case[t:cuda:float32:eager]", "diverged")]
 
 
+def test_environment_check_keyword_matches_tags_as_run_does() -> None:
+    """``-k`` is over ids and tags (DESIGN.md): ``compare -k TAG`` keeps what ``run -k TAG`` ran."""
+    base, cand = _record(_variant("t")), _record(_variant("t"))
+    for record in (base, cand):
+        record.cases["demo/case"].tags = ["skew"]
+    assert [r["variant"] for r in environment_check(base, cand, keyword="skew and numpy")] == \
+        ["demo/case[t:cpu:float32:eager]"]
+    assert environment_check(base, cand, keyword="not skew") == []
+
+
 @pytest.mark.parametrize(("fail_on", "expected"), [(("diverged",), True), (("error",), False)])
 def test_failed_and_summary(fail_on: tuple[str, ...], expected: bool) -> None:
     results = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), _variant("same")))
