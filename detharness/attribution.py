@@ -33,6 +33,7 @@ from detharness.compare import Status
 from detharness.environment import VOLATILE_KEYS, format_value
 from detharness.errors import CaseError
 from detharness.record import LazyArrays, RunRecord, VariantRecord
+from detharness.report._format import number
 
 # Statuses that mean "not the baseline's bits" and "the baseline's bits"; the rest (error, skipped,
 # missing) leave an environment out of the separation for that output.
@@ -328,7 +329,7 @@ def _member_text(member: Mapping[str, Any]) -> str:
     what = member["variant"] + (f" {member['output']}" if member.get("output") else "")
     detail = member["status"]
     if member.get("max_ulp") is not None:
-        detail += f", {member['max_ulp']:,} ulp" if isinstance(member["max_ulp"], int) else f", {member['max_ulp']} ulp"
+        detail += f", {number(member['max_ulp'])} ulp"
     return f"{what} ({detail})"
 
 
