@@ -42,6 +42,20 @@ RESULT_FIELDS = (
 )
 
 
+def own_checks(kind: str, mode: str) -> tuple[str, ...]:
+    """The in-environment checks, ``repeat`` aside, that judge a variant of a case of this kind in this mode.
+
+    An rng case's variants are judged by the ``rng`` check, a round-trip variant by the
+    ``roundtrip`` check (against its own before outputs), every other variant by the ``backend``
+    and ``device`` checks. The runner selects variants by it (``--check``) and the checks skip by it.
+    """
+    if kind == "rng":
+        return ("rng",)
+    if is_roundtrip_mode(mode):
+        return ("roundtrip",)
+    return ("backend", "device")
+
+
 def new_result(check: str, case: str, variant: str, status: str, message: str, *, output: str | None = None,
                baseline: str | None = None, candidate: str | None = None, reproduce: str | None = None,
                env_diff: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -134,8 +148,8 @@ def backend_check(record: RunRecord, only: Iterable[str] | None = None) -> list[
     results: list[dict[str, Any]] = []
     for v in _selected(record, only):
         case = record.cases.get(v.case)
-        if case is None or case.reference is None or case.kind == "rng" or is_roundtrip_mode(v.mode):
-            continue  # streams have the rng check; a round trip is held against its own before outputs
+        if case is None or case.reference is None or "backend" not in own_checks(case.kind, v.mode):
+            continue
         reproduce = reproduce_run(record, v.id, "backend")
         if case.reference_outputs is not None:
             ref_id, expected = f"{case.id}[stored outputs]", case.reference_outputs
@@ -162,8 +176,8 @@ def backend_check(record: RunRecord, only: Iterable[str] | None = None) -> list[
 def device_check(record: RunRecord, only: Iterable[str] | None = None) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for v in _selected(record, only):
-        if v.device == "cpu" or v.status == "skipped" or is_roundtrip_mode(v.mode) or _kind(record, v) == "rng":
-            continue  # the rng check holds device streams against CPU streams itself
+        if v.device == "cpu" or v.status == "skipped" or "device" not in own_checks(_kind(record, v), v.mode):
+            continue
         cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
         if cpu is None or cpu.status == "skipped":
             continue

@@ -25,6 +25,7 @@ from detharness import roundtrip as rt
 from detharness.backends import Backend, UnsupportedVariant, get_backend
 from detharness.backends.base import jsonable
 from detharness.cases import Case, Registry, Variant, discover, display_path
+from detharness.checks import own_checks
 from detharness.dtypes import cast_floats
 from detharness.errors import BackendError, UsageError
 from detharness.record import CaseRecord, RunRecord, VariantRecord, digest_arrays
@@ -79,18 +80,9 @@ def select_variants(registry: Registry, options: RunOptions) -> list[Variant]:
 
 
 def checks_for(v: Variant, repeating: bool = False) -> tuple[str, ...]:
-    """The in-environment checks that look at a variant: what ``--check`` selects it by.
-
-    An rng case's variants are judged by the ``rng`` check, a round-trip variant by the
-    ``roundtrip`` check (against its own before outputs), every other variant by the ``backend``
-    and ``device`` checks; ``repeat`` looks at every variant when runs are repeated.
-    """
-    if v.case.kind == "rng":
-        own: tuple[str, ...] = ("rng",)
-    elif rt.is_roundtrip_mode(v.mode):
-        own = ("roundtrip",)
-    else:
-        own = ("backend", "device")
+    """The in-environment checks that look at a variant: what ``--check`` selects it by
+    (:func:`checks.own_checks`, and ``repeat`` for every variant when runs are repeated)."""
+    own = own_checks(v.case.kind, v.mode)
     return own + ("repeat",) if repeating else own
 
 
