@@ -424,17 +424,14 @@ def run(options: RunOptions) -> RunRecord:
             for t in threads:
                 t.join()
         passes.append(results)
-    results = passes[0]
 
     environment = dict(sorted(env_mod.merge(env_mod.fingerprint(), backend_keys).items()))
     record = RunRecord(environment=environment, environment_id=env_mod.environment_id(environment),
                        cases=cases, options=_options_json(options))
+    lost = {"status": "error", "error": "no result (worker lost)"}
     for v in variants:
-        r = results.get(v.id, {"status": "error", "error": "no result (worker lost)"})
-        if len(passes) > 1:
-            r = merge_process_passes(v.id, [p.get(v.id, {"status": "error", "error": "no result (worker lost)"})
-                                            for p in passes])
-        record.variants[v.id] = variant_record(v, r)
+        per_pass = [p.get(v.id, lost) for p in passes]
+        record.variants[v.id] = variant_record(v, merge_process_passes(per_pass) if len(per_pass) > 1 else per_pass[0])
     return record
 
 
@@ -451,7 +448,7 @@ def variant_record(v: Variant, result: Mapping[str, Any]) -> VariantRecord:
     )
 
 
-def merge_process_passes(vid: str, passes: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_process_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
     """One variant's results from several sets of fresh processes, as one result.
 
     The first pass's outputs stand for the variant; ``distinct_results`` counts the distinct
