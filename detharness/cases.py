@@ -104,10 +104,7 @@ class Implementation:
 
     @property
     def source(self) -> str:
-        try:
-            return inspect.getsource(self.fn)
-        except (OSError, TypeError):
-            return getattr(self.fn, "__qualname__", repr(self.fn))
+        return _function_source(self.fn)
 
 
 @dataclass
@@ -408,8 +405,11 @@ def _default_modes(backend: str, module: bool) -> tuple[str, ...]:
 
 
 def _source(fn: Callable[..., Any] | None) -> str | None:
-    if fn is None:
-        return None
+    return None if fn is None else _function_source(fn)
+
+
+def _function_source(fn: Callable[..., Any]) -> str:
+    """A function's source for the case fingerprint; its name where the source cannot be read."""
     try:
         return inspect.getsource(fn)
     except (OSError, TypeError):
