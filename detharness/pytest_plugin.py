@@ -177,7 +177,7 @@ class _State:
 
     def check(self, check: str, v: Any) -> dict[str, Any]:
         from detharness import checks
-        from detharness.environment import environment_id
+        from detharness.cases import Variant
 
         record = self.execute(v)
         if check == "backend":
@@ -185,25 +185,17 @@ class _State:
             if ref is not None:
                 self.execute(ref)
             results = checks.backend_check(self.record, only=[v.id])
-        elif check == "device":
-            from detharness.cases import Variant
-
-            self.execute(Variant(v.case, v.impl, "cpu", v.dtype, v.mode))
-            results = checks.device_check(self.record, only=[v.id])
-        elif check == "rng":
-            from detharness.cases import Variant
-
-            if v.device != "cpu":
+        elif check in ("device", "rng"):
+            if v.device != "cpu":  # both hold a device's outputs against the same variant's on the CPU
                 self.execute(Variant(v.case, v.impl, "cpu", v.dtype, v.mode))
-            results = checks.rng_check(self.record, only=[v.id])
+            results = (checks.device_check if check == "device" else checks.rng_check)(self.record, only=[v.id])
         elif check == "roundtrip":
             results = checks.roundtrip_check(self.record, only=[v.id])
         elif check == "repeat":
             results = checks.repeat_check(self.record, only=[v.id])
         else:
             assert self.baseline is not None
-            self.record.environment = dict(sorted(self.env.items()))
-            self.record.environment_id = environment_id(self.env)
+            self._stamp_environment()
             results = checks.environment_check(self.baseline, self.record, only=[v.id])
         self.record.verdicts.extend(results)
         if not results:
@@ -212,12 +204,17 @@ class _State:
             return {"status": "identical", "message": "nothing to compare"}
         return _worst(results)
 
-    def save(self, path: str, part: str) -> None:
+    def _stamp_environment(self) -> None:
+        """Put the environment as known so far (grown by each backend loaded) on the record."""
         from detharness.environment import environment_id
-        from detharness.record import save_part
 
         self.record.environment = dict(sorted(self.env.items()))
         self.record.environment_id = environment_id(self.env)
+
+    def save(self, path: str, part: str) -> None:
+        from detharness.record import save_part
+
+        self._stamp_environment()
         save_part(self.record, path, part)
 
 
