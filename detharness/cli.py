@@ -177,11 +177,17 @@ def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None:
+def _check_report_paths(args: argparse.Namespace) -> None:
+    """A ``--report`` of an unknown extension is a usage error before anything runs or is written."""
     from detharness import report as report_mod
 
     for path in args.report:
-        report_mod.format_for_path(path)  # a bad extension is a usage error before anything is written
+        report_mod.format_for_path(path)
+
+
+def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None:
+    from detharness import report as report_mod
+
     out.write(report_mod.render(report, args.format))
     for path in args.report:
         report_mod.write(report, path)
@@ -192,22 +198,22 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     from detharness.runner import RunOptions, run
 
     fail_on = _fail_on(args.fail_on)
-    wanted = _comma_list(args.check) or list(checks.RUN_CHECKS)
+    asked = _comma_list(args.check)
+    wanted = asked or list(checks.RUN_CHECKS)
     unknown = [c for c in wanted if c not in checks.RUN_CHECKS]
     if unknown:
         raise UsageError(f"--check {unknown[0]!r}: choose from {', '.join(checks.RUN_CHECKS)} "
                          "(environment checks run with `detharness compare`)")
-    if "repeat" in _comma_list(args.check) and args.repeat < 2 and args.repeat_processes < 2:
+    if "repeat" in asked and args.repeat < 2 and args.repeat_processes < 2:
         raise UsageError("--check repeat needs --repeat N or --repeat-processes N with N of 2 or more")
-    for path in args.report:
-        report_mod.format_for_path(path)
+    _check_report_paths(args)
     if args.out and os.path.exists(os.path.join(args.out, "manifest.json")):
         raise UsageError(f"--out {args.out}: a bundle is already there; choose a new folder")
     replay = record_mod.load(args.inputs_from) if args.inputs_from else None
     start = time.perf_counter()
     options = RunOptions(case_paths=args.cases, keyword=args.keyword, tags=args.tag, backends=_comma_list(args.backend),
                          device=args.device, repeat=args.repeat, repeat_processes=args.repeat_processes,
-                         checks=_comma_list(args.check), deterministic=args.deterministic, timeout=args.timeout,
+                         checks=asked, deterministic=args.deterministic, timeout=args.timeout,
                          inputs_from=replay, in_process=args.in_process, progress=_progress(sys.stderr))
     record = run(options)
     results = checks.run_checks(record, wanted)
@@ -232,8 +238,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     from detharness import checks, record as record_mod, report as report_mod
 
     fail_on = _fail_on(args.fail_on)
-    for path in args.report:
-        report_mod.format_for_path(path)
+    _check_report_paths(args)
     start = time.perf_counter()
     from detharness.attribution import bundle_labels, compare_bundles
 
@@ -254,8 +259,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     from detharness import checks, matrix, report as report_mod
 
     fail_on = _fail_on(args.fail_on)
-    for path in args.report:
-        report_mod.format_for_path(path)
+    _check_report_paths(args)
     spec = matrix.load_profiles(args.profiles).select(_comma_list(args.profile))
     start = time.perf_counter()
 
