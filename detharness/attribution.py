@@ -273,18 +273,17 @@ def attribute(results: Iterable[Mapping[str, Any]], environments: Sequence[Envir
     def add(kind: str, variant: str, differing: list[str], agreeing: list[str], member: dict[str, Any]) -> None:
         unknown = sorted(e.label for e in environments if e.label not in differing and e.label not in agreeing)
         prefer = _prefixes(variant, backends.get(variant))
+        d_fps = [by_label[x].fingerprint for x in differing]
+        a_fps = [by_label[x].fingerprint for x in agreeing]
         memo = (tuple(differing), tuple(agreeing), prefer)
         if memo not in separations:
-            separations[memo] = separating_keys([by_label[x].fingerprint for x in differing],
-                                                [by_label[x].fingerprint for x in agreeing], prefer=prefer)
+            separations[memo] = separating_keys(d_fps, a_fps, prefer=prefer)
         found = separations[memo]
         keys = found[0] if found else ()
-        d_values = sorted({tuple(format_value(_value(by_label[x].fingerprint, k)) for k in keys) for x in differing})
-        a_values = sorted({tuple(format_value(_value(by_label[x].fingerprint, k)) for k in keys) for x in agreeing})
+        d_values = sorted({tuple(format_value(_value(fp, k)) for k in keys) for fp in d_fps})
+        a_values = sorted({tuple(format_value(_value(fp, k)) for k in keys) for fp in a_fps})
         group_key = (kind, tuple(differing), tuple(agreeing), keys, tuple(d_values))
         if group_key not in groups:
-            d_fps = [by_label[x].fingerprint for x in differing]
-            a_fps = [by_label[x].fingerprint for x in agreeing]
             groups[group_key] = {
                 "kind": kind, "differing": differing, "agreeing": agreeing, "not_compared": unknown,
                 "keys": list(keys), "values": {"differing": [list(t) for t in d_values],
