@@ -87,6 +87,12 @@ class KnownDivergence:
             data["against"] = self.against
         return data
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KnownDivergence:
+        """The inverse of :meth:`to_json`, for a bundle's manifest."""
+        return cls(reason=data["reason"], variants=data.get("variants", "*"), checks=tuple(data.get("checks", ())),
+                   when=dict(data.get("when", {})), against=data.get("against", "*"))
+
 
 @dataclass
 class Implementation:

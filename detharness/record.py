@@ -177,11 +177,6 @@ def save(record: RunRecord, path: str | Path) -> Path:
     return Path(path)
 
 
-def _known_from_json(items: list[dict[str, Any]]) -> list[KnownDivergence]:
-    return [KnownDivergence(reason=k["reason"], variants=k.get("variants", "*"), checks=tuple(k.get("checks", ())),
-                            when=dict(k.get("when", {})), against=k.get("against", "*")) for k in items]
-
-
 def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[str, Any]], np.ndarray],
                          where: str) -> RunRecord:
     try:
@@ -191,7 +186,7 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
                 inputs=LazyArrays(c.get("inputs", {}), read), params=LazyArrays(c.get("params", {}), read),
                 reference=c.get("reference"), reference_variant=c.get("reference_variant"),
                 reference_outputs=LazyArrays(c["reference_outputs"], read) if "reference_outputs" in c else None,
-                known=_known_from_json(c.get("known", [])), inputs_digest=c.get("inputs_digest", ""),
+                known=[KnownDivergence.from_json(k) for k in c.get("known", [])], inputs_digest=c.get("inputs_digest", ""),
                 kind=c.get("kind", "compute"),
             )
             for cid, c in manifest["cases"].items()
