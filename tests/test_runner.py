@@ -22,6 +22,15 @@ def test_selection_by_keyword_tag_backend_and_device(small_cases: Path) -> None:
     assert ids(tags=["nope"]) == []
 
 
+def test_the_reference_is_added_only_when_the_backend_check_is_asked_for(small_cases: Path) -> None:
+    """RunOptions.checks: variants no chosen check looks at are not run; only the backend check reads the reference."""
+    options = dict(case_paths=[str(small_cases)], keyword="softmax and torch", device="cpu", in_process=True)
+    device_only = run(RunOptions(checks=["device"], **options))  # type: ignore[arg-type]
+    assert sorted(device_only.variants) == ["small/softmax[torch:cpu:float32:eager]"]
+    backend = run(RunOptions(checks=["backend"], **options))  # type: ignore[arg-type]
+    assert sorted(backend.variants) == ["small/softmax[numpy:cpu:float64:eager]", "small/softmax[torch:cpu:float32:eager]"]
+
+
 def test_in_process_run_records_outputs_and_adds_the_reference(small_cases: Path) -> None:
     record = run(RunOptions(case_paths=[str(small_cases)], keyword="numpy32", in_process=True))
     assert sorted(record.variants) == ["small/scale[numpy32:cpu:float32:eager]", "small/scale[numpy:cpu:float64:eager]"]
