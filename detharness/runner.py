@@ -302,7 +302,9 @@ class Worker:
         return None
 
     def run(self, task: dict[str, Any]) -> dict[str, Any]:
-        if self.process is None or not self.process.is_alive():
+        # Restarted after a crash or a timeout; one that could not start answers with why, not
+        # with another start (a framework import, or a wait for a hang) for every variant.
+        if "error" not in self.hello and (self.process is None or not self.process.is_alive()):
             self.start()
         if "error" in self.hello:
             return {"id": task["id"], "status": "error", "error": self.hello["error"]}

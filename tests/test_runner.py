@@ -9,7 +9,8 @@ import pytest
 from detharness.backends import Backend, register_backend
 from detharness.cases import discover
 from detharness.cli import main
-from detharness.runner import RunOptions, run, select_variants
+from detharness.runner import RunOptions, Worker, run, select_variants
+from tests.conftest import write_cases
 
 
 def test_selection_by_keyword_tag_backend_and_device(small_cases: Path) -> None:
@@ -38,6 +39,39 @@ def test_in_process_run_records_outputs_and_adds_the_reference(small_cases: Path
     assert v.status == "ok" and v.outputs["y"].dtype.name == "float32" and v.seconds is not None
     assert record.environment["numpy.version"]
     assert record.cases["small/scale"].reference_variant == "small/scale[numpy:cpu:float64:eager]"
+
+
+def test_a_worker_that_cannot_start_is_not_started_again_for_each_variant(tmp_path: Path) -> None:
+    """A failed start (here the case file will not import in a worker) answers every variant with its
+    reason; starting again for each variant cost a framework import, or a 300 s wait on a hang, apiece."""
+    starts = tmp_path / "starts.txt"
+    write_cases(tmp_path / "cases", f"""
+        import multiprocessing
+
+        from detharness import case
+
+        if multiprocessing.current_process().name.startswith("detharness-"):
+            with open({str(starts)!r}, "a") as f:
+                f.write("start\\n")
+            raise RuntimeError("not in a worker")
+
+        c = case("w/fails", inputs=lambda rng: {{"x": rng.standard_normal(4)}})
+
+        @c.impl("a", backend="numpy")
+        def _(x):
+            return {{"y": x}}
+    """)
+    worker = Worker("numpy", RunOptions(case_paths=[str(tmp_path / "cases")]))
+    assert "not in a worker" in worker.start()["error"]
+    assert worker.process is not None
+    worker.process.join(30)  # gone, as it may already be when the runner hands it the first variant
+    task = {"id": "w/fails[a:cpu:float32:eager]", "case": "w/fails", "impl": "a", "device": "cpu",
+            "dtype": "float32", "mode": "eager", "inputs": {}, "params": {}}
+    for _ in range(2):
+        result = worker.run(task)
+        assert result["status"] == "error" and "not in a worker" in result["error"]
+    worker.stop()
+    assert starts.read_text().splitlines() == ["start"]
 
 
 class _MissingFramework(Backend):
