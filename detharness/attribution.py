@@ -391,7 +391,7 @@ def pairwise_differences(records: Sequence[RunRecord], labels: Sequence[str], *,
         for vid, va, vb in checks.pair_variants(a, b, match_device):
             if va is None or vb is None or va.status != "ok" or vb.status != "ok":
                 continue
-            if match is not None and not match(vid, {vb.backend, vb.impl, vb.device, vb.dtype, vb.mode}):
+            if match is not None and not match(vid, checks.record_keywords(b.cases.get(vb.case), vb)):
                 continue
             da, db = digests_of(va), digests_of(vb)
             for name in set(da) | set(db):

@@ -243,3 +243,14 @@ def test_pairs_hold_a_bundle_read_back_and_an_in_memory_record_of_the_same_outpu
     loaded = record_mod.load(tmp_path / "baseline")
     assert attribution.pairwise_differences([loaded, in_memory], ["loaded", "in-memory"]) == [
         {"a": "loaded", "b": "in-memory", "compared": 1, "differing": 0}]
+
+
+def test_pairwise_differences_keyword_matches_case_tags_like_run_does() -> None:
+    from detharness.record import CaseRecord
+
+    y = np.linspace(0, 1, 8, dtype=np.float32)
+    records = [record("baseline", {SOFTMAX: y}), record("aten-default", {SOFTMAX: y + 1})]
+    for r in records:
+        r.cases["models/softmax"] = CaseRecord(id="models/softmax", fingerprint="f", tags=["attention-family"])
+    (pair,) = attribution.pairwise_differences(records, ["baseline", "aten-default"], keyword="attention-family and torch")
+    assert (pair["compared"], pair["differing"]) == (1, 1)
