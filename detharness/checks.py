@@ -79,9 +79,9 @@ def verdict_results(check: str, case: str, variant: str, verdict: Verdict, *, ba
         result = new_result(check, case, variant, str(Status(v.status).value), v.message, output=name,
                             baseline=baseline, candidate=candidate, env_diff=env_diff)
         for key, value in v.to_json().items():
-            if key in RESULT_FIELDS and key not in {"check", "case", "variant", "output", "baseline", "candidate"}:
+            if key in RESULT_FIELDS and key not in {"check", "case", "variant", "output", "baseline", "candidate",
+                                                    "status"}:
                 result[key] = value
-        result["status"] = str(Status(v.status).value)
         result["reproduce"] = reproduce if result["status"] not in ("identical", "close") else None
         results.append(result)
     return results
@@ -303,7 +303,6 @@ def rng_check(record: RunRecord, only: Iterable[str] | None = None) -> list[dict
         if v.status != "ok":
             results.append(_not_ok("rng", v, v.id, reproduce))
             continue
-        seed_text = "reseeding"
         if v.distinct_results is not None and v.distinct_results > 1 and v.repeat_outputs is not None:
             results += stream_results("rng", case, v, v.outputs, v.repeat_outputs, baseline=f"{v.id} draw 1",
                                       candidate=f"{v.id} draw 2", against="the first draw", reproduce=reproduce,
@@ -312,7 +311,7 @@ def rng_check(record: RunRecord, only: Iterable[str] | None = None) -> list[dict
             for name, stream in v.outputs.items():
                 arr = np.asarray(stream)
                 result = new_result("rng", v.case, v.id, "identical",
-                                    f"IDENTICAL | Output: {name!r} | {seed_text} gave the same stream again: "
+                                    f"IDENTICAL | Output: {name!r} | reseeding gave the same stream again: "
                                     f"{arr.size} {arr.dtype} values {_preview(arr)}",
                                     output=name, baseline=f"{v.id} draw 1", candidate=f"{v.id} draw 2")
                 result.update(tolerance="exact", total=int(arr.size), mismatched=0)
