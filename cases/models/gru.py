@@ -6,7 +6,9 @@ The GRU's candidate state applies the reset gate to the *projected* hidden state
 ``linear_before_reset=1``);
 ports that apply it before the projection, as the original paper does, compute another function.
 Gate sums cancel and rounding compounds over the 24 steps, so outputs are judged against their
-scale (DIVERGENCES.md's matmul figures).
+scale: a 256 x 512 @ 512 x 512 float32 matmul, measured on an x86 CPU with numpy 2.4 and jax
+0.10, is up to 1.7 million ULP apart near zero, yet within 8.7e-7 (jax) and 4.8e-7 (numpy) of the
+output's largest magnitude against a float64 product.
 """
 
 import math

@@ -4,7 +4,9 @@
 torch on the CPU runs the sequence in oneDNN's RNN kernel (``mkldnn_rnn_layer``); the ONNX export
 is one LSTM op, run by ONNX Runtime's own kernel; jax scans the cell. Gate pre-activations are sums that cancel, and
 rounding compounds over the 24 steps through the cell state, so outputs are judged against their
-scale (DIVERGENCES.md's matmul figures) rather than in ULP.
+scale rather than in ULP: a 256 x 512 @ 512 x 512 float32 matmul, measured on an x86 CPU with
+numpy 2.4 and jax 0.10, is up to 1.7 million ULP apart near zero, yet within 8.7e-7 (jax) and
+4.8e-7 (numpy) of the output's largest magnitude against a float64 product.
 """
 
 import math

@@ -2,8 +2,10 @@
 run in ONNX Runtime (mode ``onnx``), and ported to JAX with the same weights.
 
 Matmul outputs are sums that cancel near zero, where ULP and relative error explode; they are
-judged by the error relative to the output's largest magnitude (``scaled``), as DIVERGENCES.md's
-matmul figures (8.7e-7 for jax, 4.8e-7 for numpy against float64) suggest.
+judged by the error relative to the output's largest magnitude (``scaled``): a 256 x 512 @
+512 x 512 float32 matmul, measured on an x86 CPU with numpy 2.4 and jax 0.10, is up to 1.7 million
+ULP apart near zero, yet within 8.7e-7 (jax) and 4.8e-7 (numpy) of the output's largest magnitude
+against a float64 product.
 """
 
 import numpy as np

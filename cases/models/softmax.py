@@ -1,7 +1,8 @@
 """Softmax over the last axis: every backend has its own kernel, vectorized per ISA.
 
 Here torch, jax and onnxruntime each land within a few ULP of float64 numpy, with most elements
-not bitwise equal; torch's bits also change with ATEN_CPU_CAPABILITY (see DIVERGENCES.md).
+not bitwise equal; torch's bits also change under each ATEN_CPU_CAPABILITY (default, avx2,
+avx512; measured with torch 2.13 on an AVX-512 CPU).
 """
 
 import numpy as np

@@ -4,9 +4,11 @@ GELU), ported to jax and to a float64 numpy reference with the same weights.
 In eval mode under inference_mode torch takes its "fast path" (``_transformer_encoder_layer_fwd``,
 one native kernel for the layer), while the ONNX export spells the layer out (MatMul, Softmax,
 LayerNormalization, Gelu): the served graph is not the code that was validated. Attention and the
-feed-forward block are sums that cancel near zero, so outputs are judged against their scale
-(DIVERGENCES.md's matmul figures). The port must use the erf GELU: jax.nn.gelu defaults to the
-tanh form (apache/tvm#18750; see models/gelu).
+feed-forward block are sums that cancel near zero, so outputs are judged against their scale:
+a 256 x 512 @ 512 x 512 float32 matmul, measured on an x86 CPU with numpy 2.4 and jax 0.10,
+is up to 1.7 million ULP apart near zero, yet within 8.7e-7 (jax) and 4.8e-7 (numpy) of the
+output's largest magnitude against a float64 product. The port must use the erf GELU: jax.nn.gelu
+defaults to the tanh form (apache/tvm#18750; see models/gelu).
 """
 
 import math

@@ -43,7 +43,7 @@ c = case(
 @c.impl("python", backend="numpy", reference=True, dtypes=("uint8",))
 def _(utf8, length):
     buckets = []
-    for row, n in zip(utf8, length):
+    for row, n in zip(utf8, length, strict=True):
         h = FNV_OFFSET
         for byte in bytes(row[:n]):
             h = ((h ^ byte) * FNV_PRIME) & 0xFFFFFFFF

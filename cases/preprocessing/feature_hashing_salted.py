@@ -1,12 +1,12 @@
 """Feature hashing with Python's ``hash()``: salted per process, so buckets differ between processes.
 
 ``hash(str)`` is SipHash keyed by a random salt drawn when the interpreter starts, unless
-``PYTHONHASHSEED`` is set (DIVERGENCES.md; Python docs, ``object.__hash__``). A pipeline that hashes
-with ``hash(s) % n`` in the training job and again in the serving process puts the same string in
-different buckets. Here the training process is the worker that runs the case; the serving process
-is a fresh interpreter started with the same environment. They diverge on every run unless
-``PYTHONHASHSEED`` is fixed (to the same integer) for both, in which case the report flags the
-declaration as stale; bundles from two runs diverge the same way in ``compare``. Fix: a stable
+``PYTHONHASHSEED`` is set (Python docs: ``object.__hash__``, ``PYTHONHASHSEED``). A pipeline that
+hashes with ``hash(s) % n`` in the training job and again in the serving process puts the same
+string in different buckets. Here the training process is the worker that runs the case; the
+serving process is a fresh interpreter started with the same environment. They diverge on every run
+unless ``PYTHONHASHSEED`` is fixed (to the same integer) for both, in which case the report flags
+the declaration as stale; bundles from two runs diverge the same way in ``compare``. Fix: a stable
 hash of the UTF-8 bytes (``preprocessing/feature_hashing``; sklearn's ``FeatureHasher`` uses
 MurmurHash3 with seed 0).
 """

@@ -61,5 +61,5 @@ def _(image):
 @c.impl("folded", backend="numpy", dtypes=("float32",))
 def _(image):
     scale = _channels([1 / (255 * s) for s in STD], np.float32)
-    shift = _channels([m / s for m, s in zip(MEAN, STD)], np.float32)
+    shift = _channels([m / s for m, s in zip(MEAN, STD, strict=True)], np.float32)
     return {"y": image.transpose(0, 3, 1, 2).astype(np.float32) * scale - shift}

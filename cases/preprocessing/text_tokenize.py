@@ -66,5 +66,5 @@ def _(text):
                 word = ""
             if not ch.isspace():
                 tokens.append(ch)
-        token_lists.append(tokens + [word] if word else tokens)
+        token_lists.append([*tokens, word] if word else tokens)
     return _ids(token_lists)

@@ -48,7 +48,7 @@ def _(city):
 
 @c.impl("serving", backend="numpy", dtypes=("uint32",))
 def _(city):
-    columns = VOCABULARY + ["__other__"]
+    columns = [*VOCABULARY, "__other__"]
     names = _strings(city)
     dummies = {name: names == name for name in np.unique(names)}  # pd.get_dummies
     return {"one_hot": np.stack([dummies.get(col, np.zeros(len(names), bool)) for col in columns], 1).astype(np.int64)}

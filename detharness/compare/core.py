@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +40,8 @@ from detharness.compare.verdict import (
 from detharness.dtypes import FLOAT_DTYPES, dtype_name
 from detharness.errors import DtypeError, UsageError
 
-ToleranceSpec = Union[None, str, Tolerance]
-ToleranceOverrides = Union[ToleranceSpec, Mapping[str, Union[str, Tolerance]]]
+ToleranceSpec = None | str | Tolerance
+ToleranceOverrides = ToleranceSpec | Mapping[str, str | Tolerance]
 
 # Less precise first: the default tolerance of a mixed pair is the less precise dtype's.
 _PRECISION_ORDER = ("bfloat16", "float16", "float32", "float64")
@@ -167,8 +167,8 @@ def compare_arrays(
         return _compare_equality(expected, actual, actual_name, output, rule)
     if actual_name in _COMPLEX_PARTS:
         part = _COMPLEX_PARTS[actual_name]
-        expected = expected.view(np.dtype(part).newbyteorder(expected.dtype.byteorder)).reshape(expected.shape + (2,))
-        actual = actual.view(np.dtype(part).newbyteorder(actual.dtype.byteorder)).reshape(actual.shape + (2,))
+        expected = expected.view(np.dtype(part).newbyteorder(expected.dtype.byteorder)).reshape((*expected.shape, 2))
+        actual = actual.view(np.dtype(part).newbyteorder(actual.dtype.byteorder)).reshape((*actual.shape, 2))
     return _compare_values(expected, actual, expected_name, actual_name, output, rule)
 
 

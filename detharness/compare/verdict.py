@@ -1,10 +1,10 @@
 """Statuses and Verdicts: what one comparison found, as numbers, as a message, and as JSON.
 
 A :class:`Verdict` is truthy when its status passes (``identical`` or ``close``), so a test can say
-``assert compare(expected, actual)`` and read the message on failure. Its fields carry the names of
-DESIGN.md's JSON results; :meth:`Verdict.to_json` writes them with non-finite numbers as the strings
-``"inf"``, ``"-inf"`` and ``"nan"`` (JSON has no such numbers) and :meth:`Verdict.from_json` reads
-them back.
+``assert compare(expected, actual)`` and read the message on failure. Its fields are named like the
+JSON report's result fields (``status``, ``message``, ``tolerance``, ``total``, ...);
+:meth:`Verdict.to_json` writes them with non-finite numbers as the strings ``"inf"``, ``"-inf"`` and
+``"nan"`` (JSON has no such numbers) and :meth:`Verdict.from_json` reads them back.
 
 The message helpers at the bottom are shared by every producer of verdicts, so that messages look
 alike whoever builds them: a headline ``STATUS | Output: 'name' | what happened``, then for a
@@ -19,14 +19,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from decimal import ROUND_CEILING, Decimal
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
 from detharness.compare.tolerance import format_number
 from detharness.dtypes import FLOAT_DTYPES, numpy_dtype
 
-Scalar = Union[float, int, bool, str]
+Scalar = float | int | bool | str
 
 
 class Status(str, enum.Enum):
@@ -137,13 +137,8 @@ class Verdict:
     def passed(self) -> bool:
         return self.status.passed
 
-    @classmethod
-    def simple(cls, status: Status | str, message: str, *, output: str | None = None, tolerance: str = "") -> Verdict:
-        """A verdict with no statistics: an error, a skip, a missing variant."""
-        return cls(status=Status(status), message=message, output=output, tolerance=tolerance)
-
     def to_json(self) -> dict[str, Any]:
-        """A JSON-safe dict: DESIGN.md's result fields first, then the extras, then ``outputs``."""
+        """A JSON-safe dict: the JSON report's result fields first, then the extras, then ``outputs``."""
         result: dict[str, Any] = {}
         for item in fields(self):
             value = getattr(self, item.name)

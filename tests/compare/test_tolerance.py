@@ -131,7 +131,7 @@ def test_coerce() -> None:
     assert Tolerance.coerce("ulp(2)", "float32") == Tolerance.ulp(2)
     same = Tolerance.scaled(1e-6)
     assert Tolerance.coerce(same, "int32") is same
-    with pytest.raises(ToleranceError, match="a tolerance is text like 'ulp\\(4\\)' or a Tolerance, got 3.0"):
+    with pytest.raises(ToleranceError, match=r"a tolerance is text like 'ulp\(4\)' or a Tolerance, got 3\.0"):
         Tolerance.coerce(3.0, "float32")  # type: ignore[arg-type]
 
 

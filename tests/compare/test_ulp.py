@@ -136,7 +136,7 @@ def test_16_bit_every_value_against_pivots(name: str) -> None:
     ranks = rank_of_every_pattern(name)
     every = np.arange(2**16, dtype=np.uint16).view(DTYPES[name])
     numbers = ranks >= 0
-    for pivot in special_patterns(name) + [0x3C00, 0xBC00, 0x1234, 0x8765]:
+    for pivot in [*special_patterns(name), 0x3C00, 0xBC00, 0x1234, 0x8765]:
         found = ulp_distance(every, from_bits([pivot], name))
         if ranks[pivot] < 0:
             assert (found[numbers] == NAN_VS_NUMBER).all() and (found[~numbers] == 0).all()
