@@ -4,7 +4,8 @@ A round trip is a mode of a module builder, ``roundtrip:<format>``, so its varia
 it does: ``models/mlp[torch:cpu:float32:roundtrip:safetensors]``. In one worker, for one variant:
 
 1. the builder's object is prepared in the format's ``before_mode`` (torch ``eager``, jax ``jit``,
-   numpy ``eager``) and run once, seeded: the *before* outputs;
+   numpy ``eager``; :meth:`RoundtripFormat.before_spec` is that variant) and run once, seeded: the
+   *before* outputs;
 2. every parameter it holds is hashed (sha256 of dtype, shape and bytes);
 3. the format saves it into a fresh temporary folder and loads it back, into a fresh object whose
    floating parameters are NaN until the load fills them (a parameter the load forgets shows up);
@@ -49,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from detharness.backends.base import VariantSpec
 from detharness.dtypes import FLOAT_DTYPES, dtype_name, numpy_dtype, torch_dtype
 from detharness.errors import CaseError
 
@@ -86,7 +88,9 @@ class RoundtripContext:
     ``build`` makes a fresh object from the case's parameters (the target a state_dict loads
     into); ``obj`` is the object the before outputs came from and ``before_raw`` those outputs as
     the framework returned them (their structure is what an ONNX graph's flat outputs rebuild);
-    ``key`` names the built object across variants, so that one export can serve several modes.
+    ``key`` names the built object across variants, so that one export can serve several modes;
+    ``info`` collects what the run used, for the variant's record; ``variant_id`` is the round
+    trip's variant id, for messages.
     """
 
     backend: Any
@@ -98,6 +102,7 @@ class RoundtripContext:
     obj: Any = None
     before_raw: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    variant_id: str = ""
 
 
 class RoundtripFormat:
@@ -127,6 +132,17 @@ class RoundtripFormat:
         absent = [m for m in self.requires if importlib.util.find_spec(m) is None]
         return f"the {self.mode} mode needs {', '.join(absent)}" if absent else None
 
+    def before_spec(self, ctx: RoundtripContext) -> VariantSpec:
+        """The variant that computes the before outputs: the round trip's device and dtype in
+        :attr:`before_mode`, as a module builder's object.
+
+        What :func:`run_roundtrip` prepares the built object with and, by default,
+        :meth:`prepare_loaded` the loaded one. The variant id stays the round trip's, so messages
+        name the variant the user asked for.
+        """
+        return VariantSpec(device=ctx.device, dtype=ctx.dtype, mode=self.before_mode, is_module=True,
+                           variant_id=ctx.variant_id)
+
     def save(self, obj: Any, folder: Path, ctx: RoundtripContext) -> None:
         raise NotImplementedError
 
@@ -134,8 +150,7 @@ class RoundtripFormat:
         raise NotImplementedError
 
     def prepare_loaded(self, loaded: Any, ctx: RoundtripContext) -> Callable[..., Any]:
-        return ctx.backend.prepare(loaded, mode=self.before_mode, device=ctx.device, dtype=ctx.dtype,  # type: ignore[no-any-return]
-                                   example_inputs=ctx.example_inputs, is_module=True)
+        return ctx.backend.prepare(loaded, self.before_spec(ctx), ctx.example_inputs)  # type: ignore[no-any-return]
 
     def parameters(self, obj: Any, ctx: RoundtripContext) -> dict[str, np.ndarray] | None:
         """The named arrays ``obj`` holds, or None where they cannot be read (constants in a program)."""
@@ -247,9 +262,9 @@ class TorchExportFormat(TorchModuleFormat):
     def save(self, obj: Any, folder: Path, ctx: RoundtripContext) -> None:
         import torch
 
-        from detharness.backends.torch_backend import _quiet_export
+        from detharness.backends.torch_backend import quiet_export
 
-        with _quiet_export():
+        with quiet_export():
             program = torch.export.export(_torch_module(obj, self), tuple(ctx.example_inputs))
         torch.export.save(program, str(folder / "model.pt2"))
 
@@ -303,22 +318,20 @@ class TorchOnnxFormat(TorchModuleFormat):
 
         key = (ctx.key, self.exporter, self.opset)
         if key not in _ONNX_EXPORTS:
-            backend = copy.copy(ctx.backend)  # the backend's exporter, at this opset
-            backend.onnx_opset = self.opset
             # Exported on the CPU, as the torch backend's onnx modes do: the graph does not depend
             # on the device, and the variant's own module stays where it is.
             module = copy.deepcopy(_torch_module(obj, self)).to(device="cpu")
             inputs = tuple(t.detach().cpu() if isinstance(t, torch.Tensor) else t for t in ctx.example_inputs)
             while len(_ONNX_EXPORTS) >= _ONNX_EXPORTS_KEPT:
                 _ONNX_EXPORTS.pop(next(iter(_ONNX_EXPORTS)))
-            _ONNX_EXPORTS[key] = backend._export(module, inputs, self.exporter)
+            _ONNX_EXPORTS[key] = ctx.backend.export_onnx(module, inputs, self.exporter, opset=self.opset)
         return _ONNX_EXPORTS[key]
 
     def save(self, obj: Any, folder: Path, ctx: RoundtripContext) -> None:
         (folder / "model.onnx").write_bytes(self._export(obj, ctx))
 
     def load(self, folder: Path, ctx: RoundtripContext) -> Any:
-        from detharness.backends.onnxruntime_backend import load_model_safely
+        from detharness.backends.onnx_model import load_model_safely
 
         return load_model_safely(folder / "model.onnx")
 
@@ -327,23 +340,24 @@ class TorchOnnxFormat(TorchModuleFormat):
 
         from detharness.backends import UnsupportedVariant
         from detharness.backends import onnxruntime_backend as ort
-        from detharness.backends.onnxruntime_backend import OPTIMIZATION_LEVELS
+        from detharness.backends.onnx_model import model_opset
 
         ok, why = ort.provider_supports(ctx.device, ctx.dtype)
         if not ok:
             raise UnsupportedVariant(why)
-        leaves, spec = pytree.tree_flatten(ctx.before_raw)
+        leaves, tree_spec = pytree.tree_flatten(ctx.before_raw)
+        # ort.create_session: the same options (errors-only logging included) as every session.
         session, info = ort.create_session(loaded.SerializeToString(), device=ctx.device,
-                                           level=OPTIMIZATION_LEVELS[f"opt:{self.level}"],
-                                           deterministic=getattr(ctx.backend, "_deterministic", False))
+                                           level=ort.OPTIMIZATION_LEVELS[f"opt:{self.level}"],
+                                           deterministic=ctx.backend.deterministic)
         if len(session.get_outputs()) != len(leaves):
             raise UnsupportedVariant(f"the {self.exporter} exporter gave {len(session.get_outputs())} outputs for "
                                      f"the module's {len(leaves)} (non-tensor outputs are not exported)")
-        ctx.info.update({"torch.onnx.exporter": self.exporter, "onnx.opset": ort.model_opset(loaded), **info})
+        ctx.info.update({"torch.onnx.exporter": self.exporter, "onnx.opset": model_opset(loaded), **info})
         to_numpy = ctx.backend.to_numpy
 
         def call(*args: Any) -> Any:
-            return pytree.tree_unflatten(ort.run_session(session, [to_numpy(a) for a in args]), spec)
+            return pytree.tree_unflatten(ort.run_session(session, [to_numpy(a) for a in args]), tree_spec)
 
         return call
 
@@ -374,8 +388,7 @@ class JaxExportFormat(RoundtripFormat):
 
     def prepare_loaded(self, loaded: Any, ctx: RoundtripContext) -> Callable[..., Any]:
         ctx.info["jax.export.platforms"] = list(loaded.platforms)
-        return ctx.backend.prepare(loaded.call, mode="jit", device=ctx.device, dtype=ctx.dtype,  # type: ignore[no-any-return]
-                                   example_inputs=ctx.example_inputs, is_module=True)
+        return ctx.backend.prepare(loaded.call, self.before_spec(ctx), ctx.example_inputs)  # type: ignore[no-any-return]
 
     # A builder's closure holds its parameters as constants inside the exported program: there
     # is nothing separate to hash, and the outputs say whether they survived.
@@ -418,7 +431,7 @@ def _json_floats(arr: np.ndarray) -> list[Any]:
     flat = np.ascontiguousarray(arr).ravel()
     bits = flat.view(f"u{flat.dtype.itemsize}")
     out: list[Any] = []
-    for value, raw in zip(flat.astype(np.float64).tolist(), bits.tolist()):
+    for value, raw in zip(flat.astype(np.float64).tolist(), bits.tolist(), strict=True):
         if value != value:
             out.append(f"nan:{raw:x}")
         elif value in (float("inf"), float("-inf")):
@@ -494,7 +507,7 @@ class NumpySafetensorsFormat(NumpyStateFormat):
         state: dict[str, np.ndarray] = {}
         with safe_open(path, framework="np") as f:
             meta = f.metadata() or {}
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118  (safe_open has keys() but is not iterable)
                 arr = f.get_tensor(key)
                 state[key] = arr.view(numpy_dtype("bfloat16")) if f"bfloat16:{key}" in meta else arr
         for meta_key, text in meta.items():
@@ -618,8 +631,7 @@ def run_roundtrip(fmt: RoundtripFormat, obj: Any, ctx: RoundtripContext, inputs:
     The callable is what the runner times and repeats: its outputs are the variant's outputs.
     """
     backend = ctx.backend
-    before_call = backend.prepare(obj, mode=fmt.before_mode, device=ctx.device, dtype=ctx.dtype,
-                                  example_inputs=inputs, is_module=True)
+    before_call = backend.prepare(obj, fmt.before_spec(ctx), inputs)
     raw, _ = backend.run(before_call, inputs, device=ctx.device, seed=seed)
     ctx.obj, ctx.before_raw = obj, raw
     before_outputs = backend.outputs_to_numpy(raw, names=names)

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from detharness.cases import Case, discover
 from detharness.dtypes import numpy_dtype
 from detharness.errors import CaseError
+from detharness.backends import VariantSpec
 from detharness.roundtrip import (NumpyJsonFormat, NumpySafetensorsFormat, RoundtripContext, compare_parameters,
-                                  roundtrip_modes, sha256_of)
+                                  find_format, roundtrip_modes, run_roundtrip, sha256_of)
 from tests.conftest import run_cli, write_cases
 
 NUDGED_CASES = """
@@ -201,7 +202,7 @@ def test_round_trips_are_declared_on_module_builders_only() -> None:
     with pytest.raises(CaseError, match="unknown implementation 'torch'"):
         c.roundtrip("torch")
     c.impl("builder", backend="numpy", module=True, modes=())(lambda params: None)
-    with pytest.raises(CaseError, match="no round-trip format 'pickle' for backend 'numpy' .known: json, safetensors."):
+    with pytest.raises(CaseError, match=r"no round-trip format 'pickle' for backend 'numpy' \(known: json, safetensors\)"):
         c.roundtrip("builder", ["pickle"])
     c.roundtrip("builder", ["json"], dtypes=("float64",))
     assert [v.id for v in c.variants()][-1] == "t/plain[builder:cpu:float64:roundtrip:json]"
@@ -267,5 +268,39 @@ def test_a_0d_state_keeps_its_shape_through_every_numpy_format(dtype: str) -> No
             fmt.save(obj, Path(folder), ctx)
             back = fmt.load(Path(folder), ctx)
         assert back.get_state()["n"].shape == (), fmt.name
-        params, changed, notes = compare_parameters(obj.get_state(), back.get_state())
+        _params, changed, notes = compare_parameters(obj.get_state(), back.get_state())
         assert not changed and not notes, (fmt.name, notes)
+
+
+# -- the sessions of the ONNX round trips ---------------------------------------------------------
+
+
+def test_an_onnx_round_trip_runs_its_session_with_errors_only_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from detharness.backends import load_backend
+
+    backend, _ = load_backend("torch", False)
+    severities: list[int] = []
+    real = onnxruntime.InferenceSession
+
+    def recording(*args: Any, sess_options: Any = None, **kwargs: Any) -> Any:
+        severities.append(sess_options.log_severity_level if sess_options is not None else -1)
+        return real(*args, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    fmt = find_format("torch", "onnx:torchscript:opset18:opt:basic")
+    assert fmt is not None
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 2)
+    x = backend.to_native(np.linspace(-1, 1, 12, dtype="float32").reshape(3, 4))
+    vid = "t/linear[torch:cpu:float32:roundtrip:onnx:torchscript:opset18:opt:basic]"
+    ctx = RoundtripContext(backend=backend, device="cpu", dtype="float32", example_inputs=(x,),
+                           build=lambda: torch.nn.Linear(4, 2), key="test-onnx-session-logging", variant_id=vid)
+    assert fmt.before_spec(ctx) == VariantSpec("cpu", "float32", "eager", is_module=True, variant_id=vid)
+    call, trip = run_roundtrip(fmt, module, ctx, [x], seed=0, names=None)
+    after = backend.outputs_to_numpy(call(x))
+    np.testing.assert_allclose(after["y"], trip.before_outputs["y"], rtol=1e-6, atol=1e-7)
+    assert ctx.info["onnx.opset"] == 18 and ctx.info["torch.onnx.exporter"] == "torchscript"
+    assert severities == [3]

@@ -3,20 +3,29 @@
 Importing this package imports no framework: the registered objects are cheap, and each imports
 its framework in :meth:`Backend.load`, inside the worker that runs it::
 
-    from detharness.backends import get_backend
-    backend = get_backend("torch")
-    backend.describe()        # no import of torch
-    backend.apply_switches()  # imports torch
+    from detharness.backends import VariantSpec, get_backend, load_backend
+    get_backend("torch").info()                   # no import of torch
+    backend, hello = load_backend("torch", False)  # imports torch, reads switches and fingerprint
+    call = backend.prepare(fn, VariantSpec(device="cpu", dtype="float32", mode="eager"), inputs)
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from detharness.backends.base import DEVICE_KINDS, Backend, UnsupportedVariant, split_device
+from detharness.backends.base import (
+    DEVICE_KINDS,
+    Backend,
+    BackendInfo,
+    UnsupportedVariant,
+    VariantSpec,
+    split_device,
+)
 from detharness.backends.jax_backend import JaxBackend
 from detharness.backends.numpy_backend import NumpyBackend
-from detharness.backends.onnxruntime_backend import OnnxRuntimeBackend, load_model_safely
+from detharness.backends.onnx_model import load_model_safely
+from detharness.backends.onnxruntime_backend import OnnxRuntimeBackend
 from detharness.backends.torch_backend import TorchBackend
 from detharness.errors import BackendError
 
@@ -24,13 +33,16 @@ __all__ = [
     "BACKENDS",
     "DEVICE_KINDS",
     "Backend",
+    "BackendInfo",
     "JaxBackend",
     "NumpyBackend",
     "OnnxRuntimeBackend",
     "TorchBackend",
     "UnsupportedVariant",
+    "VariantSpec",
     "available_backends",
     "get_backend",
+    "load_backend",
     "load_model_safely",
     "register_backend",
     "split_device",
@@ -74,6 +86,25 @@ def get_backend(name: str, *, require_installed: bool = False) -> Backend:
     if require_installed and not backend.is_installed():
         raise BackendError(f"backend {name!r} is not installed; install it with: {backend.install_hint}")
     return backend
+
+
+def load_backend(name: str, deterministic: bool) -> tuple[Backend, dict[str, Any]]:
+    """Set a backend's switches, import its framework, and read its devices and fingerprint.
+
+    The switches come first (:meth:`Backend.apply_switches`): some are environment variables the
+    framework reads once when it starts (jax's ``XLA_FLAGS``). Returns the loaded backend and
+    ``{"devices": [...], "fingerprint": {...}}``, the fingerprint holding the switches in force
+    under flat dotted keys (a key without a dot gets the backend's name as prefix). Raises
+    :class:`BackendError` for an unknown or uninstalled backend.
+    """
+    backend = get_backend(name)
+    switches = backend.apply_switches(deterministic)
+    backend.load()
+    switches = {**switches, **backend.apply_switches(deterministic)}
+    fingerprint = dict(backend.fingerprint())
+    for key, value in switches.items():
+        fingerprint[key if "." in key else f"{name}.{key}"] = value
+    return backend, {"devices": list(backend.devices()), "fingerprint": fingerprint}
 
 
 def available_backends() -> list[str]:

@@ -8,6 +8,10 @@ imported by :meth:`Backend.load`, once, inside the worker process that runs the 
 The public methods validate their arguments and then call a protected hook (``_load_framework``,
 ``_prepare``, ``_to_native`` ...); a new backend overrides the hooks, not the public methods.
 
+Two small frozen records cross this boundary: :class:`VariantSpec`, the one variant a backend is
+asked about (:meth:`Backend.supports`, :meth:`Backend.prepare` and their hooks take it whole), and
+:class:`BackendInfo`, what :meth:`Backend.info` says about a backend without loading it.
+
 Order in a worker (see :meth:`Backend.apply_switches`)::
 
     switches = backend.apply_switches(deterministic)   # sets env variables, then load(), then flags
@@ -23,12 +27,14 @@ asked for can no longer take effect, rather than record a switch that is not in 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,6 +67,51 @@ def split_device(device: str) -> tuple[str, int | None]:
     return kind, int(index) if sep else None
 
 
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant as a backend sees it: where it runs, at which dtype, in which mode.
+
+    ``device`` is a detharness device (``"cpu"``, ``"cuda"``, ``"cuda:1"``), ``dtype`` a dtype
+    name (``"float32"``), ``mode`` one of the backend's :attr:`Backend.modes`. ``is_module`` says
+    whether the implementation is a module builder (the modes in :attr:`Backend.module_modes`
+    need one). ``variant_id`` is the variant's id, ``CASE[IMPL:DEVICE:DTYPE:MODE]``, for messages;
+    empty where there is no case (a direct call).
+    """
+
+    device: str
+    dtype: str
+    mode: str
+    is_module: bool = False
+    variant_id: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The device kind, ``"cpu"`` or ``"cuda"``; :class:`UsageError` for an unknown device."""
+        return split_device(self.device)[0]
+
+    @property
+    def index(self) -> int | None:
+        """The device index (``1`` for ``"cuda:1"``), or None where the device names none."""
+        return split_device(self.device)[1]
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``detharness list`` and ``env`` show about a backend; building it imports no framework."""
+
+    name: str
+    installed: bool
+    version: str | None
+    install_hint: str
+    modes: tuple[str, ...]
+    default_modes: tuple[str, ...]
+    module_modes: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (tuples as lists)."""
+        return jsonable(dataclasses.asdict(self))  # type: ignore[no-any-return]
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with tuples as lists and numpy scalars as Python numbers, so ``json.dumps`` takes it.
 
@@ -84,7 +135,8 @@ class Backend:
     """One framework: its devices, dtypes, modes, switches and fingerprint; lazy imports.
 
     Subclasses set the class attributes and override the ``_hooks``. Every method except
-    :meth:`is_installed`, :meth:`version` and :meth:`describe` loads the framework on first use.
+    :meth:`is_installed`, :meth:`version`, :meth:`info` and :meth:`describe` loads the framework
+    on first use.
     """
 
     #: The registry key and the first part of a variant's bracket: ``case[torch:cpu:float32:eager]``.
@@ -118,36 +170,32 @@ class Backend:
 
     def is_installed(self) -> bool:
         """Whether the framework can be imported here; imports nothing."""
-        for module in (self.import_name, *self.requires):
-            try:
-                if importlib.util.find_spec(module) is None:
-                    return False
-            except (ImportError, ValueError):
-                # ValueError: a module already in sys.modules whose __spec__ is None (a stub).
-                return False
-        return True
+        return all(_module_found(module) for module in (self.import_name, *self.requires))
 
     def version(self) -> str | None:
         """The framework's version from its distribution's metadata, without importing it."""
         for dist in self.distributions:
-            try:
-                return importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                continue
+            found = _distribution_version(dist)
+            if found is not None:
+                return found
         return None
 
-    def describe(self) -> dict[str, Any]:
-        """What ``detharness list`` shows about the backend; imports no framework."""
+    def info(self) -> BackendInfo:
+        """What the backend is, as ``detharness list`` and ``env`` show it; imports no framework."""
         installed = self.is_installed()
-        return {
-            "name": self.name,
-            "installed": installed,
-            "version": self.version() if installed else None,
-            "install_hint": self.install_hint,
-            "modes": list(self.modes),
-            "default_modes": list(self.default_modes),
-            "module_modes": list(self.module_modes),
-        }
+        return BackendInfo(
+            name=self.name,
+            installed=installed,
+            version=self.version() if installed else None,
+            install_hint=self.install_hint,
+            modes=tuple(self.modes),
+            default_modes=tuple(self.default_modes),
+            module_modes=tuple(self.module_modes),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """:meth:`info` as a JSON-ready dict (modes as lists); imports no framework."""
+        return self.info().to_json()
 
     def modes_for(self, is_module: bool) -> tuple[str, ...]:
         """The default modes that apply to an implementation: plain functions skip module modes."""
@@ -157,7 +205,13 @@ class Backend:
 
     @property
     def loaded(self) -> bool:
+        """Whether :meth:`load` has imported the framework in this process."""
         return self._loaded
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the last :meth:`apply_switches` turned the determinism switches on."""
+        return self._deterministic
 
     def load(self) -> None:
         """Import the framework (once); :class:`BackendError` with the install hint if it is missing."""
@@ -183,6 +237,24 @@ class Backend:
             self._set_deterministic()
         return self.switches()
 
+    def reload_settings(self) -> None:
+        """Put the backend's own framework settings back, as loading and :meth:`apply_switches` set them.
+
+        A worker process runs one backend and nothing else, so its settings hold. A process shared
+        with other code (pytest's, under the plugin) may change a process-wide setting after the
+        backend loaded (a fixture turning jax's ``jax_enable_x64`` off again); call this before
+        each variant there. It re-runs what loading sets (the ``_load_framework`` hook: jax's x64)
+        and, after ``apply_switches(deterministic=True)``, the in-framework determinism switches.
+        Environment variables read once at start are not touched: they cannot change now. Loads
+        the framework if it is not loaded yet.
+        """
+        if self._loaded:
+            self._load_framework()
+        else:
+            self.load()
+        if self._deterministic:
+            self._set_deterministic()
+
     def switches(self) -> dict[str, Any]:
         """The switches in force now, read from the framework (changes nothing)."""
         self.load()
@@ -200,28 +272,30 @@ class Backend:
 
     # -- variants -----------------------------------------------------------------------------
 
-    def supports(self, device: str, dtype: str, mode: str, *, is_module: bool | None = None) -> tuple[bool, str]:
-        """Whether a variant can run here, and if not a short reason for its ``skipped`` result.
+    def supports(self, spec: VariantSpec) -> tuple[bool, str]:
+        """Whether the variant ``spec`` can run here, and if not a short reason for its ``skipped`` result.
 
-        ``is_module`` says whether the implementation is a module builder; ``None`` leaves that
-        out of the answer. Loads the framework (device probes need it) unless an earlier check
-        already says no.
+        Checks, in order: the framework is installed, the device is known, the mode is one of
+        :attr:`modes`, a module mode has a module builder (``spec.is_module``), the dtype is one of
+        :attr:`dtypes`, the backend sees the device here; then the backend's own ``_supports``
+        hook. Loads the framework (device probes need it) unless an earlier check already says no.
         """
+        _check_spec(spec, "supports")
         if not self.is_installed():
             return False, f"{self.name} is not installed ({self.install_hint})"
         try:
-            kind, _ = split_device(device)
+            kind, _ = split_device(spec.device)
         except UsageError as exc:
             return False, str(exc)
-        if mode not in self.modes:
-            return False, f"{self.name} has no mode {mode!r} (modes: {', '.join(self.modes)})"
-        if is_module is False and mode in self.module_modes:
-            return False, f"the {mode} mode needs a module builder, and this implementation is a plain function"
-        if dtype not in self.dtypes:
-            return False, f"{self.name} takes no {dtype} arrays"
+        if spec.mode not in self.modes:
+            return False, f"{self.name} has no mode {spec.mode!r} (modes: {', '.join(self.modes)})"
+        if not spec.is_module and spec.mode in self.module_modes:
+            return False, f"the {spec.mode} mode needs a module builder, and this implementation is a plain function"
+        if spec.dtype not in self.dtypes:
+            return False, f"{self.name} takes no {spec.dtype} arrays"
         if kind not in self.devices():
             return False, f"{self.name} sees no {kind} device here"
-        return self._supports(kind, dtype, mode, is_module)
+        return self._supports(spec)
 
     def to_native(self, array: np.ndarray, device: str = "cpu") -> Any:
         """The framework's array for a numpy array (already of the variant's dtype), on ``device``."""
@@ -253,9 +327,9 @@ class Backend:
             if names is not None:
                 if len(names) != len(items):
                     raise ValueError(f"{len(names)} output names for {len(items)} outputs")
-                return self._flatten(dict(zip(names, items)), "")
+                return self._flatten(dict(zip(names, items, strict=True)), "")
             if hasattr(out, "_fields"):
-                return self._flatten(dict(zip(out._fields, items)), "")
+                return self._flatten(dict(zip(out._fields, items, strict=True)), "")
             return self._flatten({f"y{i}": v for i, v in enumerate(items)}, "")
         if names is not None:
             if len(names) != 1:
@@ -271,37 +345,28 @@ class Backend:
                 result.update(self._flatten(value, name + "."))
             elif _is_sequence(value):
                 keys = value._fields if hasattr(value, "_fields") else range(len(value))
-                result.update(self._flatten(dict(zip(keys, value)), name + "."))
+                result.update(self._flatten(dict(zip(keys, value, strict=True)), name + "."))
             elif value is None:
                 raise TypeError(f"output {name!r} is None")
             else:
                 result[name] = self.to_numpy(value)
         return result
 
-    def prepare(
-        self,
-        obj: Any,
-        *,
-        mode: str,
-        device: str,
-        dtype: str,
-        example_inputs: Sequence[Any] = (),
-        is_module: bool = False,
-    ) -> Callable[..., Any]:
-        """The callable to time: ``obj`` moved, cast, exported or compiled for this variant.
+    def prepare(self, obj: Any, spec: VariantSpec, example_inputs: Sequence[Any] = ()) -> Callable[..., Any]:
+        """The callable to time: ``obj`` moved, cast, exported or compiled for the variant ``spec``.
 
         ``obj`` is a plain function (possibly a ``functools.partial`` holding ``params=``) or what a
-        module builder returned; ``example_inputs`` are the native inputs the call will get (used
-        to export or compile ahead of the timed call). Raises :class:`UnsupportedVariant` when the
-        variant cannot run here. Resets :meth:`run_info`.
+        module builder returned (``spec.is_module``); ``example_inputs`` are the native inputs the
+        call will get (used to export or compile ahead of the timed call). Raises
+        :class:`UnsupportedVariant` when :meth:`supports` says no, or when the framework finds out
+        late that it cannot run this model. Resets :meth:`run_info`.
         """
-        ok, why = self.supports(device, dtype, mode, is_module=is_module)
+        _check_spec(spec, "prepare")
+        ok, why = self.supports(spec)
         if not ok:
             raise UnsupportedVariant(why)
         self._run_info = {}
-        return self._prepare(
-            obj, mode=mode, device=device, dtype=dtype, example_inputs=tuple(example_inputs), is_module=is_module
-        )
+        return self._prepare(obj, spec, tuple(example_inputs))
 
     def seed(self, seed: int) -> None:
         """Seed the framework's global random streams (dropout and the like) before a call."""
@@ -345,22 +410,15 @@ class Backend:
     def _devices(self) -> list[str]:
         return ["cpu"]
 
-    def _supports(self, kind: str, dtype: str, mode: str, is_module: bool | None) -> tuple[bool, str]:
+    def _supports(self, spec: VariantSpec) -> tuple[bool, str]:
+        """What the backend adds to :meth:`supports`; runs after the shared checks passed."""
         return True, ""
 
     def _to_native(self, array: np.ndarray, device: str) -> Any:
         return array
 
-    def _prepare(
-        self,
-        obj: Any,
-        *,
-        mode: str,
-        device: str,
-        dtype: str,
-        example_inputs: tuple[Any, ...],
-        is_module: bool,
-    ) -> Callable[..., Any]:
+    def _prepare(self, obj: Any, spec: VariantSpec, example_inputs: tuple[Any, ...]) -> Callable[..., Any]:
+        """The callable for a variant :meth:`supports` accepted; by default ``obj`` as it is."""
         if not callable(obj):
             raise TypeError(f"a {self.name} implementation must be callable, not {type(obj).__name__}")
         return obj  # type: ignore[no-any-return]
@@ -369,5 +427,29 @@ class Backend:
         """Seed the framework's global streams; frameworks without any (jax) keep this no-op."""
 
 
+def _module_found(module: str) -> bool:
+    """Whether ``module`` can be imported, looked up without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        # ValueError: a module already in sys.modules whose __spec__ is None (a stub).
+        return False
+
+
+def _distribution_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _is_sequence(value: Any) -> bool:
     return isinstance(value, (tuple, list))
+
+
+def _check_spec(spec: Any, method: str) -> None:
+    if not isinstance(spec, VariantSpec):
+        raise TypeError(
+            f"Backend.{method} takes a VariantSpec(device=..., dtype=..., mode=..., is_module=...), "
+            f"not {type(spec).__name__}"
+        )

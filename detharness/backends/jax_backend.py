@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detharness.backends.base import Backend, split_device
+from detharness.backends.base import Backend, VariantSpec, split_device
 from detharness.errors import BackendError
 
 if TYPE_CHECKING:
@@ -184,24 +184,15 @@ class JaxBackend(Backend):
 
     # -- prepare ------------------------------------------------------------------------------------
 
-    def _prepare(
-        self,
-        obj: Any,
-        *,
-        mode: str,
-        device: str,
-        dtype: str,
-        example_inputs: tuple[Any, ...],
-        is_module: bool,
-    ) -> Callable[..., Any]:
+    def _prepare(self, obj: Any, spec: VariantSpec, example_inputs: tuple[Any, ...]) -> Callable[..., Any]:
         import jax
 
         if not callable(obj):
             raise TypeError(
                 f"a jax implementation (or what its builder returns) must be callable, not {type(obj).__name__}"
             )
-        self._run_info = {"jax.mode": mode, "jax.device": str(self._device(device))}
-        if mode == "eager":
+        self._run_info = {"jax.mode": spec.mode, "jax.device": str(self._device(spec.device))}
+        if spec.mode == "eager":
             return obj  # type: ignore[no-any-return]
         start = time.perf_counter()
         if isinstance(obj, functools.partial) and "params" in obj.keywords and not obj.args:

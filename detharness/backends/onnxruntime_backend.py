@@ -1,11 +1,14 @@
 """ONNX Runtime: sessions over ONNX models, one mode per graph optimization level.
 
 An implementation on this backend is a module builder that returns an ``onnx.ModelProto``, its
-serialized bytes, or the path of a ``.onnx`` file (loaded through :func:`load_model_safely`). The
-session's inputs are matched to the case's inputs in order; its outputs keep their graph names.
+serialized bytes, or the path of a ``.onnx`` file (loaded through
+:func:`detharness.backends.onnx_model.load_model_safely`). The session's inputs are matched to the
+case's inputs in order; its outputs keep their graph names.
 
-The session helpers here (:func:`create_session`, :func:`run_session`) are shared with the torch
-backend's ``onnx`` modes, so a torch model exported to ONNX runs exactly as a model given directly.
+The session helpers here (:func:`session_options`, :func:`create_session`, :func:`run_session`) are
+shared with the torch backend's ``onnx`` modes and round trips and with the ONNX test-data case
+source, so a torch model exported to ONNX runs exactly as a model given directly, and every session
+detharness opens logs errors only (see :data:`LOG_SEVERITY`).
 """
 
 from __future__ import annotations
@@ -13,18 +16,21 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detharness.backends.base import Backend, UnsupportedVariant, split_device
+from detharness.backends.base import Backend, UnsupportedVariant, VariantSpec, split_device
+from detharness.backends.onnx_model import external_tensors, model_opset
+
+# Kept importable from this module, where earlier versions defined them.
+from detharness.backends.onnx_model import check_external_data as check_external_data
+from detharness.backends.onnx_model import load_model_safely as load_model_safely
 from detharness.dtypes import ALL_DTYPES, dtype_name, numpy_dtype
 from detharness.errors import CaseError, UsageError
 
 if TYPE_CHECKING:
-    import onnx
     import onnxruntime
 
 #: Modes of this backend and the graph optimization level each one runs at. Levels can change
@@ -56,6 +62,14 @@ _ORT_TYPES: dict[str, str] = {
 
 # onnx.TensorProto.BFLOAT16, written out so that moving bfloat16 needs no import of onnx.
 _ONNX_BFLOAT16 = 16
+
+#: ``SessionOptions.log_severity_level`` of every session detharness opens: 3 is ERROR (0 verbose,
+#: 1 info, 2 warning, 4 fatal; the default, -1, takes the process-wide default logger's WARNING).
+#: At WARNING ONNX Runtime writes lines such as "ONNX Runtime only *guarantees* support for models
+#: stamped with opset version 7 or above" for each old model, and one for each provider that cannot
+#: start, straight to stderr, burying a run's own output. What matters in them is checked in code
+#: instead (the providers a session really uses). Runs inherit it (``RunOptions`` default -1).
+LOG_SEVERITY = 3
 
 _MISSING_KERNEL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\)")
 
@@ -100,11 +114,18 @@ def _probe_bfloat16(device: str) -> tuple[bool, str]:
     except ImportError:
         return False, "bfloat16 support cannot be probed without the onnx package"
     for op in ("Add", "Relu", "MatMul"):
-        try:
-            create_session(_probe_model(op), device=device, level="ORT_DISABLE_ALL", deterministic=False)
-        except UnsupportedVariant:
+        if not _opens(_probe_model(op), device):
             return False, f"onnxruntime's {short} provider has no bfloat16 kernel for {op}"
     return True, ""
+
+
+def _opens(model: bytes, device: str) -> bool:
+    """Whether the provider for ``device`` has the kernels to open ``model``."""
+    try:
+        create_session(model, device=device, level="ORT_DISABLE_ALL", deterministic=False)
+    except UnsupportedVariant:
+        return False
+    return True
 
 
 def _probe_model(op: str) -> bytes:
@@ -120,6 +141,26 @@ def _probe_model(op: str) -> bytes:
     )
     data: bytes = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     return data
+
+
+def session_options(level: str = "ORT_ENABLE_ALL", *, deterministic: bool = False) -> onnxruntime.SessionOptions:
+    """The ``SessionOptions`` of every session detharness opens.
+
+    ``level`` is a ``GraphOptimizationLevel`` member name; ``deterministic`` turns on
+    ``use_deterministic_compute``. Logging is at :data:`LOG_SEVERITY` (errors only). Raises
+    :class:`UnsupportedVariant` for a level this onnxruntime does not have.
+    """
+    import onnxruntime
+
+    if not hasattr(onnxruntime.GraphOptimizationLevel, level):
+        # ORT_ENABLE_LAYOUT is recent: an older onnxruntime skips that mode rather than fail it.
+        raise UnsupportedVariant(f"onnxruntime {onnxruntime.__version__} has no {level} optimization level")
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
+    options.log_severity_level = LOG_SEVERITY
+    if deterministic:
+        options.use_deterministic_compute = True
+    return options
 
 
 def create_session(
@@ -140,15 +181,8 @@ def create_session(
     import onnxruntime
 
     kind, index = split_device(device)
-    options = onnxruntime.SessionOptions()
-    if not hasattr(onnxruntime.GraphOptimizationLevel, level):
-        # ORT_ENABLE_LAYOUT is recent: an older onnxruntime skips that mode rather than fail it.
-        raise UnsupportedVariant(f"onnxruntime {onnxruntime.__version__} has no {level} optimization level")
-    options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
     # Errors only: the warning printed when a provider cannot start is checked below instead.
-    options.log_severity_level = 3
-    if deterministic:
-        options.use_deterministic_compute = True
+    options = session_options(level, deterministic=deterministic)
     providers: list[Any]
     if kind == "cuda":
         cuda_options: dict[str, Any] = {"device_id": index or 0}
@@ -212,7 +246,7 @@ def run_session(session: onnxruntime.InferenceSession, arrays: Sequence[np.ndarr
     binding = session.io_binding()
     # OrtValues made from numpy borrow the array's memory: keep the arrays alive through the run.
     keep: list[np.ndarray] = []
-    for meta, array in zip(inputs, arrays):
+    for meta, array in zip(inputs, arrays, strict=True):
         array = np.require(array, requirements="C")  # ascontiguousarray makes 0-d arrays 1-d
         keep.append(array)
         if dtype_name(array.dtype) == "bfloat16":
@@ -236,105 +270,13 @@ def _ortvalue_to_numpy(value: onnxruntime.OrtValue) -> np.ndarray:
     return np.array(value.numpy(), copy=True)
 
 
-def model_opset(model: onnx.ModelProto) -> int | None:
-    """The default-domain opset a model imports."""
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    return None
-
-
-def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Every tensor of the model whose data lives in an external file, subgraphs included."""
-    from onnx import AttributeProto, TensorProto
-
-    found: list[TensorProto] = []
-
-    def visit_graph(graph: Any) -> None:
-        tensors = list(graph.initializer)
-        for sparse in graph.sparse_initializer:
-            tensors += [sparse.values, sparse.indices]
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == AttributeProto.TENSOR:
-                    tensors.append(attr.t)
-                elif attr.type == AttributeProto.TENSORS:
-                    tensors.extend(attr.tensors)
-                elif attr.type == AttributeProto.SPARSE_TENSOR:
-                    tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
-                elif attr.type == AttributeProto.GRAPH:
-                    visit_graph(attr.g)
-                elif attr.type == AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        visit_graph(sub)
-        found.extend(t for t in tensors if t.data_location == TensorProto.EXTERNAL)
-
-    visit_graph(model.graph)
-    for function in model.functions:
-        for node in function.node:
-            for attr in node.attribute:
-                if attr.type == AttributeProto.TENSOR and attr.t.data_location == TensorProto.EXTERNAL:
-                    found.append(attr.t)
-    return found
-
-
-def check_external_data(model: onnx.ModelProto, folder: str | os.PathLike[str]) -> None:
-    """Refuse a model whose external data would be read from outside ``folder``.
-
-    Every ``location`` must be a relative path that resolves, symbolic links followed, inside the
-    folder; otherwise :class:`UsageError` names the tensor and the path. Models come from
-    elsewhere (ONNX test folders, downloads): a location such as ``../../etc/passwd`` must not
-    make detharness read, and then record, a file that is not part of the model.
-    """
-    root = Path(os.path.realpath(folder))
-    for tensor in _external_tensors(model):
-        entries = {entry.key: entry.value for entry in tensor.external_data}
-        location = entries.get("location", "")
-        name = tensor.name or "<unnamed>"
-        if not location:
-            raise UsageError(f"tensor {name!r} is stored externally but names no location")
-        if os.path.isabs(location) or Path(location).drive:
-            raise UsageError(
-                f"tensor {name!r} reads external data from absolute path {location!r}; only paths inside the model's folder are allowed"
-            )
-        target = Path(os.path.realpath(root / location))
-        if target != root and root not in target.parents:
-            raise UsageError(f"tensor {name!r} reads external data from {location!r}, which leaves the model's folder")
-        if not target.is_file():
-            raise UsageError(f"tensor {name!r} reads external data from {location!r}, which does not exist")
-
-
-def load_model_safely(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Load an ONNX model file and its external data, refusing data from outside its folder.
-
-    Raises :class:`UsageError` (exit 2) for a missing or unreadable file and for any external-data
-    location that is absolute or resolves outside the model's folder (see :func:`check_external_data`).
-    """
-    import onnx
-    from onnx.external_data_helper import load_external_data_for_model
-
-    model_path = Path(path)
-    if not model_path.is_file():
-        raise UsageError(f"ONNX model {str(model_path)!r} does not exist")
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:
-        raise UsageError(f"cannot read ONNX model {str(model_path)!r}: {exc}") from exc
-    folder = model_path.resolve().parent
-    check_external_data(model, folder)
-    try:
-        load_external_data_for_model(model, str(folder))
-    except Exception as exc:
-        raise UsageError(f"cannot read the external data of ONNX model {str(model_path)!r}: {exc}") from exc
-    return model
-
-
 def model_bytes(obj: Any) -> tuple[bytes, int | None]:
     """Serialized bytes and opset for a ``ModelProto``, bytes, or a model file path.
 
-    A ``ModelProto`` that still refers to external data is refused: ONNX Runtime would resolve
-    those locations against the working directory, outside any check. Load it with
-    :func:`load_model_safely`, or return its path.
+    A path is loaded with :func:`~detharness.backends.onnx_model.load_model_safely`. A
+    ``ModelProto`` that still refers to external data is refused: ONNX Runtime would resolve those
+    locations against the working directory, outside any check. Load it with
+    ``load_model_safely``, or return its path.
     """
     if isinstance(obj, (str, os.PathLike)):
         obj = load_model_safely(obj)
@@ -352,11 +294,11 @@ def model_bytes(obj: Any) -> tuple[bytes, int | None]:
         raise CaseError(
             f"an onnxruntime implementation must build an onnx.ModelProto, its bytes or a model path, not {type(obj).__name__}"
         )
-    external = _external_tensors(model)
+    external = external_tensors(model)
     if external:
         raise UsageError(
             f"tensor {external[0].name!r} of the model still refers to external data; load the model with "
-            "detharness.backends.onnxruntime_backend.load_model_safely() or return its path"
+            "detharness.backends.load_model_safely() or return its path"
         )
     return data or model.SerializeToString(), model_opset(model)
 
@@ -408,8 +350,8 @@ class OnnxRuntimeBackend(Backend):
             found.append("cuda")
         return found
 
-    def _supports(self, kind: str, dtype: str, mode: str, is_module: bool | None) -> tuple[bool, str]:
-        return provider_supports(kind, dtype)
+    def _supports(self, spec: VariantSpec) -> tuple[bool, str]:
+        return provider_supports(spec.device, spec.dtype)
 
     def _to_native(self, array: np.ndarray, device: str) -> Any:
         # The session copies to the device when it runs; until then inputs stay on the host.
@@ -421,36 +363,29 @@ class OnnxRuntimeBackend(Backend):
         # The seed of random ops (RandomNormal...) that carry no seed attribute of their own.
         onnxruntime.set_seed(seed)
 
-    def _prepare(
-        self,
-        obj: Any,
-        *,
-        mode: str,
-        device: str,
-        dtype: str,
-        example_inputs: tuple[Any, ...],
-        is_module: bool,
-    ) -> Any:
+    def _prepare(self, obj: Any, spec: VariantSpec, example_inputs: tuple[Any, ...]) -> Callable[..., Any]:
         data, opset = model_bytes(obj)
         session, info = create_session(
-            data, device=device, level=OPTIMIZATION_LEVELS[mode], deterministic=self._deterministic
+            data, device=spec.device, level=OPTIMIZATION_LEVELS[spec.mode], deterministic=self.deterministic
         )
         inputs = session.get_inputs()
-        if example_inputs and len(example_inputs) != len(inputs):
-            raise CaseError(
-                f"the model takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), "
-                f"the case gives {len(example_inputs)}"
-            )
-        for meta, array in zip(inputs, example_inputs):
-            expected = ort_dtype_name(meta.type)
-            given = dtype_name(np.asarray(array).dtype)
-            if expected is not None and expected != given:
-                # A model has fixed input types; a variant of another dtype cannot feed it.
-                raise UnsupportedVariant(f"the model's input {meta.name!r} is {expected}, not {given}")
+        if example_inputs:
+            # Without example inputs (a direct call) the counts and dtypes are checked by the run.
+            if len(example_inputs) != len(inputs):
+                raise CaseError(
+                    f"the model takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), "
+                    f"the case gives {len(example_inputs)}"
+                )
+            for meta, array in zip(inputs, example_inputs, strict=True):
+                expected = ort_dtype_name(meta.type)
+                given = dtype_name(np.asarray(array).dtype)
+                if expected is not None and expected != given:
+                    # A model has fixed input types; a variant of another dtype cannot feed it.
+                    raise UnsupportedVariant(f"the model's input {meta.name!r} is {expected}, not {given}")
         names = [meta.name for meta in session.get_outputs()]
         self._run_info = {**info, "onnx.opset": opset, "onnxruntime.inputs": [meta.name for meta in inputs]}
 
         def call(*arrays: np.ndarray) -> dict[str, np.ndarray]:
-            return dict(zip(names, run_session(session, arrays)))
+            return dict(zip(names, run_session(session, arrays), strict=True))
 
         return call

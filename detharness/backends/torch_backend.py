@@ -15,6 +15,9 @@ Modes:
     The same with the legacy TorchScript exporter (``dynamo=False``), to see what the choice of
     exporter does to the numbers.
 
+:meth:`TorchBackend.export_onnx` is the export these modes and the ONNX round trips share, and
+:func:`quiet_export` the context that keeps the exporters' chatter off the terminal.
+
 Why dynamo is the default (measured here, torch 2.13 CPU, onnxscript 0.7, onnxruntime 1.32):
 
 - Speed: TorchScript exports a 3-layer MLP in 3 ms and a small conv net in 5 ms (30 ms for the
@@ -52,7 +55,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detharness.backends.base import Backend, UnsupportedVariant, split_device
+from detharness.backends.base import Backend, UnsupportedVariant, VariantSpec, split_device
+from detharness.backends.onnx_model import model_opset
 from detharness.dtypes import ALL_DTYPES, FLOAT_DTYPES, dtype_name, numpy_dtype, torch_dtype
 
 if TYPE_CHECKING:
@@ -180,16 +184,16 @@ class TorchBackend(Backend):
     def _devices(self) -> list[str]:
         return ["cpu", "cuda"] if self._torch.cuda.is_available() else ["cpu"]
 
-    def _supports(self, kind: str, dtype: str, mode: str, is_module: bool | None) -> tuple[bool, str]:
-        if mode == "eager":
+    def _supports(self, spec: VariantSpec) -> tuple[bool, str]:
+        if spec.mode == "eager":
             return True, ""
         from detharness.backends.onnxruntime_backend import provider_supports
 
-        needed = ["onnx", "onnxruntime"] + (["onnxscript"] if ONNX_EXPORTERS[mode] == "dynamo" else [])
+        needed = ["onnx", "onnxruntime"] + (["onnxscript"] if ONNX_EXPORTERS[spec.mode] == "dynamo" else [])
         missing = [m for m in needed if importlib.util.find_spec(m) is None]
         if missing:
-            return False, f'the {mode} mode needs {", ".join(missing)} (pip install "detharness[onnx]")'
-        return provider_supports(kind, dtype)
+            return False, f'the {spec.mode} mode needs {", ".join(missing)} (pip install "detharness[onnx]")'
+        return provider_supports(spec.device, spec.dtype)
 
     def _to_native(self, array: np.ndarray, device: str) -> Any:
         torch = self._torch
@@ -228,27 +232,19 @@ class TorchBackend(Backend):
 
     # -- prepare ------------------------------------------------------------------------------------
 
-    def _prepare(
-        self,
-        obj: Any,
-        *,
-        mode: str,
-        device: str,
-        dtype: str,
-        example_inputs: tuple[Any, ...],
-        is_module: bool,
-    ) -> Callable[..., Any]:
+    def _prepare(self, obj: Any, spec: VariantSpec, example_inputs: tuple[Any, ...]) -> Callable[..., Any]:
         torch = self._torch
-        if mode == "eager":
-            return self._prepare_eager(obj, device=device, dtype=dtype)
+        if spec.mode == "eager":
+            return self._prepare_eager(obj, spec)
         if not isinstance(obj, torch.nn.Module):
             raise UnsupportedVariant(
-                f"the {mode} mode exports a torch.nn.Module; the builder returned {type(obj).__name__}"
+                f"the {spec.mode} mode exports a torch.nn.Module; the builder returned {type(obj).__name__}"
             )
-        return self._prepare_onnx(obj, mode=mode, device=device, dtype=dtype, example_inputs=example_inputs)
+        return self._prepare_onnx(obj, spec, example_inputs)
 
-    def _prepare_eager(self, obj: Any, *, device: str, dtype: str) -> Callable[..., Any]:
+    def _prepare_eager(self, obj: Any, spec: VariantSpec) -> Callable[..., Any]:
         torch = self._torch
+        device, dtype = spec.device, spec.dtype
         if isinstance(obj, torch.nn.Module):
             obj = obj.to(device=torch.device(device))
             if dtype in FLOAT_DTYPES:
@@ -266,13 +262,7 @@ class TorchBackend(Backend):
         return call
 
     def _prepare_onnx(
-        self,
-        module: torch.nn.Module,
-        *,
-        mode: str,
-        device: str,
-        dtype: str,
-        example_inputs: tuple[Any, ...],
+        self, module: torch.nn.Module, spec: VariantSpec, example_inputs: tuple[Any, ...]
     ) -> Callable[..., Any]:
         import onnx
         import onnxruntime
@@ -281,6 +271,7 @@ class TorchBackend(Backend):
         from detharness.backends import onnxruntime_backend as ort_backend
 
         torch = self._torch
+        mode, device, dtype = spec.mode, spec.device, spec.dtype
         exporter = ONNX_EXPORTERS[mode]
         # Exported on the CPU whatever the device: the graph does not depend on it, and only ONNX
         # Runtime's provider (CUDA for "cuda") runs the numbers.
@@ -292,10 +283,10 @@ class TorchBackend(Backend):
         with torch.no_grad():
             # One eager call gives the output structure to rebuild (a dict keeps its keys); the
             # exported graph only has a flat list of outputs.
-            leaves, spec = pytree.tree_flatten(module(*inputs))
-        data = self._export(module, inputs, exporter)
+            leaves, tree_spec = pytree.tree_flatten(module(*inputs))
+        data = self.export_onnx(module, inputs, exporter)
         model = onnx.load_from_string(data)
-        session, info = ort_backend.create_session(data, device=device, deterministic=self._deterministic)
+        session, info = ort_backend.create_session(data, device=device, deterministic=self.deterministic)
         outputs = session.get_outputs()
         if len(outputs) != len(leaves):
             raise UnsupportedVariant(
@@ -305,7 +296,7 @@ class TorchBackend(Backend):
         self._run_info = {
             "torch.mode": mode,
             "torch.onnx.exporter": exporter,
-            "onnx.opset": ort_backend.model_opset(model),
+            "onnx.opset": model_opset(model),
             "onnxruntime.version": onnxruntime.__version__,
             **info,
         }
@@ -317,20 +308,41 @@ class TorchBackend(Backend):
 
         def call(*args: Any) -> Any:
             arrays = [to_numpy(a) for a in args]
-            return pytree.tree_unflatten(ort_backend.run_session(session, arrays), spec)
+            return pytree.tree_unflatten(ort_backend.run_session(session, arrays), tree_spec)
 
         return call
 
-    def _export(self, module: torch.nn.Module, inputs: tuple[Any, ...], exporter: str) -> bytes:
-        """The ONNX model as bytes, exported in memory."""
+    def export_onnx(
+        self,
+        module: torch.nn.Module,
+        inputs: tuple[Any, ...],
+        exporter: str = "dynamo",
+        *,
+        opset: int | None = None,
+    ) -> bytes:
+        """``module`` exported to ONNX in memory with ``exporter`` (``"dynamo"`` or ``"torchscript"``).
+
+        The module is exported as it is (device, dtype, train or eval): the ``onnx`` modes move it
+        to the CPU, cast it and call ``eval()`` first. ``inputs`` are the example inputs to trace
+        with. ``opset`` pins the default-domain opset; None takes :attr:`onnx_opset`, and where
+        that is None too the exporter's default. The exporters' chatter is silenced
+        (:func:`quiet_export`); verbose output is off. Raises :class:`UnsupportedVariant` when this
+        torch cannot choose the exporter; an export failure is raised as it is (a finding).
+        """
+        if exporter not in ("dynamo", "torchscript"):
+            raise ValueError(f"unknown ONNX exporter {exporter!r}; use 'dynamo' or 'torchscript'")
+        self.load()
         torch = self._torch
-        with _quiet_export():
+        opset_version = self.onnx_opset if opset is None else opset
+        with quiet_export():
             try:
                 if exporter == "torchscript":
                     buffer = io.BytesIO()
-                    torch.onnx.export(module, inputs, buffer, dynamo=False, opset_version=self.onnx_opset)
+                    torch.onnx.export(
+                        module, inputs, buffer, dynamo=False, opset_version=opset_version, verbose=False
+                    )
                     return buffer.getvalue()
-                program = torch.onnx.export(module, inputs, dynamo=True, opset_version=self.onnx_opset, verbose=False)
+                program = torch.onnx.export(module, inputs, dynamo=True, opset_version=opset_version, verbose=False)
             except TypeError as exc:
                 if "dynamo" in str(exc):
                     raise UnsupportedVariant(
@@ -342,10 +354,13 @@ class TorchBackend(Backend):
 
 
 @contextlib.contextmanager
-def _quiet_export() -> Iterator[None]:
+def quiet_export() -> Iterator[None]:
     """Silence the exporters' API chatter (deprecations, "torchvision is not installed" logs).
 
-    Tracer warnings stay: they say the export may not match eager, which is the point of the mode.
+    For ``torch.onnx.export`` and ``torch.export.export``: the loggers of torch's exporters,
+    onnxscript and onnx_ir are raised to ERROR, and FutureWarning and DeprecationWarning are
+    ignored, for the duration of the block; both are put back after it. Tracer warnings stay: they
+    say the export may not match eager, which is the point of the ONNX modes.
     """
     # onnxscript's optimizer and onnx_ir log every pass they skip at WARNING ("Skipping constant
     # folding ..."), which reads like a problem in a run's output though nothing is wrong.
@@ -362,7 +377,7 @@ def _quiet_export() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -379,7 +394,7 @@ def _gpu_fingerprint(torch: Any) -> dict[str, Any]:
                 "gpu.memory": int(props.total_memory),
             }
         )
-    except Exception as exc:  # noqa: BLE001  (a broken driver must not stop the run: say so in the record)
+    except Exception as exc:  # a broken driver must not stop the run: say so in the record
         result["gpu.error"] = f"{type(exc).__name__}: {exc}"
     driver = _nvidia_driver_version()
     if driver is not None:
@@ -398,7 +413,7 @@ def _nvidia_driver_version() -> str | None:
             return version.decode() if isinstance(version, bytes) else str(version)
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # noqa: BLE001, S110  (no NVML, or no driver behind it: try nvidia-smi)
+    except Exception:  # no NVML, or no driver behind it: try nvidia-smi
         pass
     try:
         done = subprocess.run(

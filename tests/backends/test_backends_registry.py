@@ -13,9 +13,12 @@ import pytest
 from detharness.backends import (
     BACKENDS,
     Backend,
+    BackendInfo,
     UnsupportedVariant,
+    VariantSpec,
     available_backends,
     get_backend,
+    load_backend,
     register_backend,
     split_device,
 )
@@ -64,7 +67,7 @@ def test_missing_framework_degrades_gracefully(missing: Backend) -> None:
         "default_modes": ["eager"],
         "module_modes": [],
     }
-    assert missing.supports("cpu", "float32", "eager") == (
+    assert missing.supports(VariantSpec("cpu", "float32", "eager")) == (
         False,
         "missingfw is not installed (pip install detharness-no-such-framework)",
     )
@@ -158,11 +161,11 @@ def test_output_names_must_match_the_outputs() -> None:
 
 def test_supports_explains_why_not() -> None:
     numpy = get_backend("numpy")
-    assert numpy.supports("cpu", "bfloat16", "eager") == (True, "")
-    assert numpy.supports("cuda", "float32", "eager") == (False, "numpy sees no cuda device here")
-    assert numpy.supports("cpu", "float32", "jit") == (False, "numpy has no mode 'jit' (modes: eager)")
-    assert numpy.supports("gpu", "float32", "eager")[0] is False
-    assert get_backend("onnxruntime").supports("cpu", "float32", "opt:all", is_module=False) == (
+    assert numpy.supports(VariantSpec("cpu", "bfloat16", "eager")) == (True, "")
+    assert numpy.supports(VariantSpec("cuda", "float32", "eager")) == (False, "numpy sees no cuda device here")
+    assert numpy.supports(VariantSpec("cpu", "float32", "jit")) == (False, "numpy has no mode 'jit' (modes: eager)")
+    assert numpy.supports(VariantSpec("gpu", "float32", "eager"))[0] is False
+    assert get_backend("onnxruntime").supports(VariantSpec("cpu", "float32", "opt:all", is_module=False)) == (
         False,
         "the opt:all mode needs a module builder, and this implementation is a plain function",
     )
@@ -170,7 +173,7 @@ def test_supports_explains_why_not() -> None:
 
 def test_prepare_raises_unsupported_variant_with_the_reason() -> None:
     with pytest.raises(UnsupportedVariant) as info:
-        get_backend("numpy").prepare(lambda x: x, mode="eager", device="cuda", dtype="float32")
+        get_backend("numpy").prepare(lambda x: x, VariantSpec("cuda", "float32", "eager"))
     assert info.value.reason == "numpy sees no cuda device here"
 
 
@@ -182,7 +185,7 @@ def test_modes_for_plain_functions_leave_out_module_modes() -> None:
 
 def test_run_seeds_calls_and_times() -> None:
     numpy = get_backend("numpy")
-    call = numpy.prepare(lambda x: {"y": x + np.random.random()}, mode="eager", device="cpu", dtype="float64")
+    call = numpy.prepare(lambda x: {"y": x + np.random.random()}, VariantSpec("cpu", "float64", "eager"))
     x = numpy.to_native(np.zeros(2), "cpu")
     first, seconds = numpy.run(call, [x], device="cpu", seed=7)
     again, _ = numpy.run(call, [x], device="cpu", seed=7)
@@ -195,3 +198,95 @@ def test_run_seeds_calls_and_times() -> None:
 def test_jsonable_handles_what_fingerprints_hold() -> None:
     value = {"a": (1, np.int64(2)), "b": float("inf"), "c": float("nan"), "d": np.float32(0.5), "e": None}
     assert json.loads(json.dumps(jsonable(value))) == {"a": [1, 2], "b": "inf", "c": "nan", "d": 0.5, "e": None}
+
+
+# -- the variant spec, the description, loading ---------------------------------------------------
+
+
+def test_variant_spec_is_frozen_and_reads_the_device() -> None:
+    spec = VariantSpec("cuda:1", "float32", "eager", is_module=True, variant_id="m/x[torch:cuda:1:float32:eager]")
+    assert (spec.kind, spec.index) == ("cuda", 1)
+    assert (VariantSpec("cpu", "float32", "eager").kind, VariantSpec("cpu", "float32", "eager").index) == ("cpu", None)
+    assert VariantSpec("cpu", "float32", "eager") == VariantSpec(device="cpu", dtype="float32", mode="eager")
+    assert VariantSpec("cpu", "float32", "eager").is_module is False
+    with pytest.raises(AttributeError):
+        spec.mode = "onnx"  # type: ignore[misc]
+    with pytest.raises(UsageError, match="unknown device 'gpu'"):
+        _ = VariantSpec("gpu", "float32", "eager").kind
+
+
+def test_supports_and_prepare_take_a_variant_spec() -> None:
+    numpy = get_backend("numpy")
+    with pytest.raises(TypeError, match=r"Backend\.supports takes a VariantSpec\(device=\.\.\., .*not dict"):
+        numpy.supports({"device": "cpu", "dtype": "float32", "mode": "eager"})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"Backend\.prepare takes a VariantSpec"):
+        numpy.prepare(lambda x: x, "cpu")  # type: ignore[arg-type]
+
+
+def test_info_describes_without_loading(missing: Backend) -> None:
+    info = missing.info()
+    assert info == BackendInfo(
+        name="missingfw",
+        installed=False,
+        version=None,
+        install_hint="pip install detharness-no-such-framework",
+        modes=("eager",),
+        default_modes=("eager",),
+        module_modes=(),
+    )
+    assert missing.describe() == info.to_json()
+    assert json.loads(json.dumps(get_backend("torch").describe()))["module_modes"] == ["onnx", "onnx:torchscript"]
+    assert not missing.loaded
+
+
+class Recording(Backend):
+    """A backend over the json module that counts what loading and switching did."""
+
+    name = "recording"
+    import_name = "json"
+    distributions = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def _load_framework(self) -> None:
+        self.calls.append("load")
+
+    def _set_deterministic(self) -> None:
+        self.calls.append("deterministic")
+
+    def _read_switches(self) -> dict[str, Any]:
+        return {"flag": self.deterministic, "recording.dotted": 1}
+
+
+@pytest.fixture
+def recording() -> Iterator[Recording]:
+    backend = Recording()
+    register_backend(backend)
+    yield backend
+    del BACKENDS[backend.name]
+
+
+def test_load_backend_switches_loads_and_fingerprints(recording: Recording) -> None:
+    backend, hello = load_backend("recording", True)
+    assert backend is recording and backend.loaded and backend.deterministic
+    assert hello["devices"] == ["cpu"]
+    assert hello["fingerprint"] == {"recording.version": None, "recording.flag": True, "recording.dotted": 1}
+    assert recording.calls == ["load", "deterministic", "deterministic"]
+    numpy, hello = load_backend("numpy", False)
+    assert numpy is get_backend("numpy") and hello["devices"] == ["cpu"]
+    assert set(hello["fingerprint"]) == {"numpy.version", "ml_dtypes.version"}
+    with pytest.raises(BackendError, match="unknown backend 'nothing'"):
+        load_backend("nothing", False)
+
+
+def test_reload_settings_puts_the_backends_own_settings_back(recording: Recording) -> None:
+    recording.reload_settings()  # not loaded yet: loads
+    assert recording.calls == ["load"]
+    recording.reload_settings()
+    assert recording.calls == ["load", "load"]
+    recording.apply_switches(deterministic=True)
+    recording.calls.clear()
+    recording.reload_settings()
+    assert recording.calls == ["load", "deterministic"]

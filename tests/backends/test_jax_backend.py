@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detharness.backends import get_backend
+from detharness.backends import VariantSpec, get_backend
 from detharness.backends.jax_backend import JaxBackend
 from detharness.dtypes import ALL_DTYPES, numpy_dtype
 from detharness.errors import BackendError
@@ -58,7 +58,7 @@ def test_jit_and_eager_of_a_function(backend: JaxBackend, dtype: str) -> None:
     x = backend.to_native(x_np)
     outs = {}
     for mode in ("jit", "eager"):
-        call = backend.prepare(softmax, mode=mode, device="cpu", dtype=dtype, example_inputs=[x])
+        call = backend.prepare(softmax, VariantSpec("cpu", dtype, mode), [x])
         out, _ = backend.run(call, [x], device="cpu", seed=0)
         outs[mode] = backend.outputs_to_numpy(out)["y"]
         assert outs[mode].dtype == np.dtype(dtype)
@@ -74,9 +74,7 @@ def test_jit_takes_params_as_arguments(backend: JaxBackend) -> None:
 
     w = backend.to_native(np.eye(3, dtype="float32") * 2)
     x = backend.to_native(np.ones((2, 3), dtype="float32"))
-    call = backend.prepare(
-        functools.partial(dense, params={"w": w}), mode="jit", device="cpu", dtype="float32", example_inputs=[x]
-    )
+    call = backend.prepare(functools.partial(dense, params={"w": w}), VariantSpec("cpu", "float32", "jit"), [x])
     out, _ = backend.run(call, [x], device="cpu", seed=0)
     assert backend.outputs_to_numpy(out)["y"].tolist() == [[2.0, 2.0, 2.0]] * 2
     assert backend.run_info()["jax.compile_seconds"] >= 0
@@ -88,9 +86,7 @@ def test_builder_returns_a_closure(backend: JaxBackend) -> None:
 
     b = backend.to_native(np.array([1.0, 2.0]))
     x = backend.to_native(np.array([3.0, 4.0]))
-    call = backend.prepare(
-        build({"b": b}), mode="jit", device="cpu", dtype="float64", example_inputs=[x], is_module=True
-    )
+    call = backend.prepare(build({"b": b}), VariantSpec("cpu", "float64", "jit", is_module=True), [x])
     out = backend.outputs_to_numpy(call(x))
     assert {k: v.tolist() for k, v in out.items()} == {"y0": [4.0, 6.0], "y1": [3.0, 8.0]}
 
@@ -105,14 +101,14 @@ def test_fingerprint_and_switches(backend: JaxBackend) -> None:
     assert json.loads(json.dumps(fp)) == fp
     switches = backend.switches()
     assert switches["jax.enable_x64"] is True
-    assert get_backend("jax").supports("cpu", "bfloat16", "jit") == (True, "")
+    assert get_backend("jax").supports(VariantSpec("cpu", "bfloat16", "jit")) == (True, "")
 
 
 def test_deterministic_switches_before_load(in_subprocess: Callable[..., Any]) -> None:
     found = in_subprocess(
         """
         import json, os
-        from detharness.backends import get_backend
+        from detharness.backends import VariantSpec, get_backend
         switches = get_backend("jax").apply_switches(deterministic=True)
         print(json.dumps({"switches": switches, "flags": os.environ["XLA_FLAGS"]}))
         """,
@@ -133,7 +129,7 @@ def test_deterministic_after_xla_started_is_refused(in_subprocess: Callable[...,
         import json
         import jax
         jax.devices()
-        from detharness.backends import get_backend
+        from detharness.backends import VariantSpec, get_backend
         try:
             get_backend("jax").apply_switches(deterministic=True)
         except Exception as exc:
@@ -158,3 +154,11 @@ def test_not_deterministic_after_load_is_fine(backend: JaxBackend) -> None:
     with pytest.raises(BackendError):
         # This process's XLA started without the flag (the module fixture loaded jax).
         backend.apply_switches(deterministic=True)
+
+
+def test_reload_settings_turns_x64_back_on(backend: JaxBackend) -> None:
+    # What a test sharing the process may do after the backend loaded (the pytest plugin's case).
+    jax.config.update("jax_enable_x64", False)
+    backend.reload_settings()
+    assert jax.config.jax_enable_x64 is True
+    assert backend.to_native(np.ones(2)).dtype == np.float64

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from detharness.backends import get_backend
+from detharness.backends import VariantSpec, get_backend
 from detharness.dtypes import ALL_DTYPES
 
 
@@ -33,7 +33,7 @@ def test_inputs_are_read_only_so_in_place_edits_fail_loudly() -> None:
 
 def test_plain_function_runs_and_its_outputs_are_named() -> None:
     numpy = get_backend("numpy")
-    call = numpy.prepare(lambda x: {"y": x * 2}, mode="eager", device="cpu", dtype="float32")
+    call = numpy.prepare(lambda x: {"y": x * 2}, VariantSpec("cpu", "float32", "eager"))
     out, _ = numpy.run(call, [numpy.to_native(np.ones(2, "float32"))], device="cpu", seed=0)
     assert numpy.outputs_to_numpy(out)["y"].tolist() == [2.0, 2.0]
     assert numpy.run_info() == {}

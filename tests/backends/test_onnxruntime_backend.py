@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detharness.backends import UnsupportedVariant, load_model_safely
+from detharness.backends import UnsupportedVariant, VariantSpec, load_model_safely
 from detharness.backends.onnxruntime_backend import OPTIMIZATION_LEVELS, OnnxRuntimeBackend, create_session, run_session
 from detharness.dtypes import ALL_DTYPES
 from detharness.errors import CaseError, UsageError
@@ -21,6 +24,7 @@ pytest.importorskip("onnxruntime")
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+ROOT = Path(__file__).resolve().parents[2]
 W = np.arange(12, dtype="float32").reshape(4, 3) / 10
 B = np.array([0.5, -1.0, 0.25], dtype="float32")
 
@@ -62,7 +66,7 @@ def backend() -> OnnxRuntimeBackend:
 
 def run(backend: OnnxRuntimeBackend, model: Any, x: np.ndarray, mode: str = "opt:all") -> dict[str, np.ndarray]:
     native = backend.to_native(x)
-    call = backend.prepare(model, mode=mode, device="cpu", dtype=x.dtype.name, example_inputs=[native], is_module=True)
+    call = backend.prepare(model, VariantSpec("cpu", x.dtype.name, mode, is_module=True), [native])
     out, _ = backend.run(call, [native], device="cpu", seed=0)
     return backend.outputs_to_numpy(out)
 
@@ -104,14 +108,14 @@ def test_round_trip_through_a_session_is_bit_exact(
 
 
 def test_supports_says_what_the_cpu_provider_lacks(backend: OnnxRuntimeBackend) -> None:
-    assert backend.supports("cpu", "float32", "opt:all", is_module=True) == (True, "")
-    assert backend.supports("cpu", "bfloat16", "opt:all", is_module=True) == (
+    assert backend.supports(VariantSpec("cpu", "float32", "opt:all", is_module=True)) == (True, "")
+    assert backend.supports(VariantSpec("cpu", "bfloat16", "opt:all", is_module=True)) == (
         False,
         "onnxruntime's CPU provider has no bfloat16 kernel for Add",
     )
-    assert backend.supports("cpu", "complex64", "opt:all") == (False, "onnxruntime takes no complex64 arrays")
+    assert backend.supports(VariantSpec("cpu", "complex64", "opt:all", is_module=True)) == (False, "onnxruntime takes no complex64 arrays")
     if "cuda" not in backend.devices():
-        assert backend.supports("cuda", "float32", "opt:all") == (False, "onnxruntime sees no cuda device here")
+        assert backend.supports(VariantSpec("cuda", "float32", "opt:all", is_module=True)) == (False, "onnxruntime sees no cuda device here")
 
 
 def test_a_model_of_another_dtype_is_unsupported_not_an_error(backend: OnnxRuntimeBackend) -> None:
@@ -136,9 +140,7 @@ def test_a_missing_kernel_is_unsupported(backend: OnnxRuntimeBackend) -> None:
 def test_input_count_must_match(backend: OnnxRuntimeBackend) -> None:
     x = backend.to_native(np.ones((2, 4), dtype="float32"))
     with pytest.raises(CaseError, match=r"the model takes 1 inputs \(x\), the case gives 2"):
-        backend.prepare(
-            dense_relu(), mode="opt:all", device="cpu", dtype="float32", example_inputs=[x, x], is_module=True
-        )
+        backend.prepare(dense_relu(), VariantSpec("cpu", "float32", "opt:all", is_module=True), [x, x])
 
 
 def test_deterministic_compute_is_used_and_recorded() -> None:
@@ -220,7 +222,7 @@ def test_symlink_leaving_the_folder_is_refused(tmp_path: Path) -> None:
 def test_missing_external_file_is_a_usage_error(tmp_path: Path) -> None:
     path = save_external(tmp_path / "m")
     (tmp_path / "m" / "weights.bin").unlink()
-    with pytest.raises(UsageError, match="tensor 'W' reads external data from 'weights.bin', which does not exist"):
+    with pytest.raises(UsageError, match=r"tensor 'W' reads external data from 'weights\.bin', which does not exist"):
         load_model_safely(path)
     with pytest.raises(UsageError, match="does not exist"):
         load_model_safely(tmp_path / "nothing.onnx")
@@ -231,3 +233,54 @@ def test_a_built_model_with_unloaded_external_data_is_refused(backend: OnnxRunti
     unloaded = onnx.load(save_external(tmp_path / "m"), load_external_data=False)
     with pytest.raises(UsageError, match="tensor 'W' of the model still refers to external data"):
         run(backend, unloaded, np.ones((1, 4), dtype="float32"))
+
+
+# -- framework noise ------------------------------------------------------------------------------
+
+
+def test_every_session_the_backend_opens_logs_errors_only(
+    backend: OnnxRuntimeBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import onnxruntime
+
+    from detharness.backends import onnxruntime_backend
+
+    severities: list[int] = []
+    real = onnxruntime.InferenceSession
+
+    def recording(*args: Any, sess_options: Any = None, **kwargs: Any) -> Any:
+        severities.append(sess_options.log_severity_level if sess_options is not None else -1)
+        return real(*args, sess_options=sess_options, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    monkeypatch.setattr(onnxruntime_backend, "_PROBED", {})  # the bfloat16 probe opens sessions too
+    run(backend, dense_relu(), np.ones((1, 4), dtype="float32"))
+    backend.supports(VariantSpec("cpu", "bfloat16", "opt:all", is_module=True))
+    create_session(identity("float32"), device="cpu")
+    assert len(severities) >= 3
+    assert set(severities) == {onnxruntime_backend.LOG_SEVERITY} == {3}
+
+
+def test_an_old_opset_model_runs_without_a_word_on_stderr() -> None:
+    # At its default severity ONNX Runtime writes "only *guarantees* support for models stamped
+    # with opset version 7 or above" and transpose-optimizer warnings for this model.
+    code = """
+        import json
+        import numpy as np
+        from onnx import TensorProto, helper
+        from detharness.backends import VariantSpec, get_backend
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "old",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 6)], ir_version=3)
+        backend = get_backend("onnxruntime")
+        backend.apply_switches(False)
+        x = np.array([-1.0, 2.0], dtype="float32")
+        call = backend.prepare(model, VariantSpec("cpu", "float32", "opt:all", is_module=True), [x])
+        print(json.dumps(backend.outputs_to_numpy(call(x))["y"].tolist()))
+        """
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [0.0, 2.0]
+    assert done.stderr == ""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detharness.backends import UnsupportedVariant
+from detharness.backends import UnsupportedVariant, VariantSpec
 from detharness.backends.torch_backend import TorchBackend
 from detharness.dtypes import ALL_DTYPES, numpy_dtype
 
@@ -79,7 +79,7 @@ def test_inputs_are_copies(backend: TorchBackend) -> None:
 
 
 def test_plain_function_in_eager_mode(backend: TorchBackend) -> None:
-    call = backend.prepare(lambda x: {"y": torch.tanh(x)}, mode="eager", device="cpu", dtype="float32")
+    call = backend.prepare(lambda x: {"y": torch.tanh(x)}, VariantSpec("cpu", "float32", "eager"))
     x = backend.to_native(np.linspace(-2, 2, 5, dtype="float32"))
     out, _ = backend.run(call, [x], device="cpu", seed=0)
     assert out["y"].is_inference()
@@ -94,7 +94,7 @@ def eager_and_onnx(
     results = []
     for m in ("eager", mode):
         module = TwoHeads(params(backend))
-        call = backend.prepare(module, mode=m, device="cpu", dtype=dtype, example_inputs=[x], is_module=True)
+        call = backend.prepare(module, VariantSpec("cpu", dtype, m, is_module=True), [x])
         out, _ = backend.run(call, [x], device="cpu", seed=0)
         results.append(backend.outputs_to_numpy(out))
     return results[0], results[1]
@@ -124,46 +124,42 @@ def test_float16_module_through_onnx(backend: TorchBackend) -> None:
 
 
 def test_onnx_mode_supports_and_refuses_truthfully(backend: TorchBackend) -> None:
-    assert backend.supports("cpu", "float32", "onnx", is_module=True) == (True, "")
-    assert backend.supports("cpu", "bfloat16", "onnx", is_module=True) == (
+    assert backend.supports(VariantSpec("cpu", "float32", "onnx", is_module=True)) == (True, "")
+    assert backend.supports(VariantSpec("cpu", "bfloat16", "onnx", is_module=True)) == (
         False,
         "onnxruntime's CPU provider has no bfloat16 kernel for Add",
     )
-    assert backend.supports("cpu", "complex64", "onnx", is_module=True) == (False, "onnxruntime has no complex tensors")
-    assert backend.supports("cpu", "float32", "onnx", is_module=False) == (
+    assert backend.supports(VariantSpec("cpu", "complex64", "onnx", is_module=True)) == (False, "onnxruntime has no complex tensors")
+    assert backend.supports(VariantSpec("cpu", "float32", "onnx", is_module=False)) == (
         False,
         "the onnx mode needs a module builder, and this implementation is a plain function",
     )
     if not torch.cuda.is_available():
-        assert backend.supports("cuda", "float32", "eager") == (False, "torch sees no cuda device here")
+        assert backend.supports(VariantSpec("cuda", "float32", "eager")) == (False, "torch sees no cuda device here")
 
 
 def test_onnx_mode_reports_a_missing_kernel_as_unsupported(backend: TorchBackend) -> None:
     conv = torch.nn.Conv2d(2, 3, 3)
     x = backend.to_native(np.ones((1, 2, 5, 5), dtype="float64"))
     with pytest.raises(UnsupportedVariant) as info:
-        backend.prepare(
-            conv, mode="onnx:torchscript", device="cpu", dtype="float64", example_inputs=[x], is_module=True
-        )
+        backend.prepare(conv, VariantSpec("cpu", "float64", "onnx:torchscript", is_module=True), [x])
     assert info.value.reason == "onnxruntime's CPU provider has no kernel for Conv(11) at this model's dtype"
 
 
 def test_onnx_mode_needs_a_module(backend: TorchBackend) -> None:
-    with pytest.raises(UnsupportedVariant, match="exports a torch.nn.Module; the builder returned function"):
-        backend.prepare(lambda x: x, mode="onnx", device="cpu", dtype="float32", is_module=True)
+    with pytest.raises(UnsupportedVariant, match=r"exports a torch\.nn\.Module; the builder returned function"):
+        backend.prepare(lambda x: x, VariantSpec("cpu", "float32", "onnx", is_module=True))
 
 
 def test_eager_module_is_cast_to_the_variant_dtype(backend: TorchBackend) -> None:
     x = backend.to_native(np.ones((2, 8), dtype="float64"))
-    call = backend.prepare(
-        TwoHeads(params(backend)), mode="eager", device="cpu", dtype="float64", example_inputs=[x], is_module=True
-    )
+    call = backend.prepare(TwoHeads(params(backend)), VariantSpec("cpu", "float64", "eager", is_module=True), [x])
     out = backend.outputs_to_numpy(call(x))
     assert out["probs"].dtype == np.float64
 
 
 def test_seed_makes_torch_random_repeat(backend: TorchBackend) -> None:
-    call = backend.prepare(lambda: torch.randn(3), mode="eager", device="cpu", dtype="float32")
+    call = backend.prepare(lambda: torch.randn(3), VariantSpec("cpu", "float32", "eager"))
     first, _ = backend.run(call, [], device="cpu", seed=0)
     second, _ = backend.run(call, [], device="cpu", seed=0)
     assert backend.to_numpy(first).tolist() == backend.to_numpy(second).tolist()
@@ -249,3 +245,26 @@ def test_cpu_capability_records_what_torch_really_uses(
     normal = backend.fingerprint()["torch.cpu_capability"]
     if normal != "DEFAULT":
         assert forced != normal
+
+
+def test_export_onnx_pins_the_opset_and_restores_the_loggers(backend: TorchBackend) -> None:
+    import logging
+
+    import onnx
+
+    from detharness.backends.onnx_model import model_opset
+    from detharness.backends.torch_backend import quiet_export
+
+    onnx_logger = logging.getLogger("torch.onnx")
+    before = onnx_logger.level
+    x = backend.to_native(np.ones((2, 8), dtype="float32"))
+    module = TwoHeads(params(backend)).eval()
+    data = backend.export_onnx(module, (x,), "torchscript", opset=18)
+    assert model_opset(onnx.load_from_string(data)) == 18
+    assert backend.onnx_opset is None  # the backend's own default is left alone
+    assert onnx_logger.level == before
+    with quiet_export():
+        assert onnx_logger.level == logging.ERROR
+    assert onnx_logger.level == before
+    with pytest.raises(ValueError, match="unknown ONNX exporter 'tflite'"):
+        backend.export_onnx(module, (x,), "tflite")
