@@ -30,16 +30,18 @@ from detharness import checks
 from detharness.bundle import encode_array
 from detharness.cases import parse_variant_id
 from detharness.compare import Status
+from detharness.results import worst
 from detharness.environment import VOLATILE_KEYS, format_value
 from detharness.errors import CaseError
 from detharness.record import LazyArrays, RunRecord, VariantRecord
+from detharness.results import Outcome, Result
 from detharness.report._format import number
 
 # Statuses that mean "not the baseline's bits" and "the baseline's bits"; the rest (error, skipped,
 # missing) leave an environment out of the separation for that output.
-DIFFERS: frozenset[str] = frozenset({"close", "known", "diverged", "mismatch"})
-AGREES: frozenset[str] = frozenset({"identical"})
-NOT_COMPARED: frozenset[str] = frozenset({"skipped", "missing"})
+DIFFERS: frozenset[Status] = frozenset({Status.CLOSE, Status.KNOWN, Status.DIVERGED, Status.MISMATCH})
+AGREES: frozenset[Status] = frozenset({Status.IDENTICAL})
+NOT_COMPARED: frozenset[Status] = frozenset({Status.SKIPPED, Status.MISSING})
 
 # Searching every pair and triple of varying keys is cheap for a local matrix (a dozen keys vary) but
 # not for runners that differ in a hundred keys; past these counts the larger sets are not tried.
@@ -87,7 +89,7 @@ def bundle_labels(paths: Sequence[str]) -> list[str]:
 
 
 def compare_bundles(records: Sequence[RunRecord], labels: Sequence[str], *, match_device: str = "same",
-                    keyword: str | None = None, all_pairs: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                    keyword: str | None = None, all_pairs: bool = False) -> tuple[list[Result], dict[str, Any]]:
     """The first record is the baseline; every other one is compared against it.
 
     Returns the results (each tagged with ``baseline_label`` and ``candidate_label``) and the report
@@ -99,12 +101,11 @@ def compare_bundles(records: Sequence[RunRecord], labels: Sequence[str], *, matc
     if len(records) != len(labels) or len(records) < 2:
         raise ValueError("compare_bundles needs a baseline and at least one candidate, one label each")
     baseline, base_label = records[0], labels[0]
-    results: list[dict[str, Any]] = []
-    for label, candidate in zip(labels[1:], records[1:]):
-        for result in checks.environment_check(baseline, candidate, match_device=match_device, keyword=keyword):
-            result["baseline_label"] = base_label
-            result["candidate_label"] = label
-            results.append(result)
+    results: list[Result] = []
+    for label, candidate in zip(labels[1:], records[1:], strict=True):
+        results += [result.replace(baseline_label=base_label, candidate_label=label)
+                    for result in checks.environment_check(baseline, candidate, match_device=match_device,
+                                                           keyword=keyword)]
     extra: dict[str, Any] = {}
     if len(records) > 2 or all_pairs:
         environments = [Environment(label, r.environment_id, r.environment) for label, r in zip(labels, records)]
@@ -118,7 +119,7 @@ def compare_bundles(records: Sequence[RunRecord], labels: Sequence[str], *, matc
     return results, extra
 
 
-def build_matrix(environments: Sequence[Environment], results: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def build_matrix(environments: Sequence[Environment], results: Iterable[Result]) -> dict[str, Any]:
     """Case x environment and variant x environment: the worst status against the baseline.
 
     ``skipped`` and ``missing`` count only where nothing was compared: a case whose CUDA or bfloat16
@@ -127,17 +128,17 @@ def build_matrix(environments: Sequence[Environment], results: Iterable[Mapping[
     its environment id.
     """
     base, candidates = environments[0], environments[1:]
-    seen: dict[str, dict[str, dict[str, list[str]]]] = {"cases": {}, "variants": {}}
+    seen: dict[str, dict[str, dict[str, list[Status]]]] = {"cases": {}, "variants": {}}
     for r in results:
-        label = r.get("candidate_label")
+        label = r.candidate_label
         if label is None:
             continue
-        for table, key in (("cases", r["case"]), ("variants", r["variant"])):
-            seen[table].setdefault(key, {}).setdefault(label, []).append(r["status"])
+        for table, key in (("cases", r.case), ("variants", r.variant)):
+            seen[table].setdefault(key, {}).setdefault(label, []).append(r.status)
 
-    def cell(statuses: list[str]) -> str:
+    def cell(statuses: list[Status]) -> str:
         compared = [s for s in statuses if s not in NOT_COMPARED] or statuses
-        return max(compared, key=lambda s: Status(s).severity)
+        return worst(compared).value
 
     cases, variants = ({key: {label: cell(statuses) for label, statuses in row.items()}
                         for key, row in sorted(seen[table].items())} for table in ("cases", "variants"))
@@ -238,14 +239,14 @@ def _condition(keys: Sequence[str], tuples: Iterable[tuple[Any, ...]]) -> str:
 def variant_outcomes(records: Sequence[RunRecord], labels: Sequence[str]) -> dict[str, dict[str, str]]:
     """variant id -> label -> ``ok`` or ``error``: whether each bundle ran the variant (skips left out)."""
     outcomes: dict[str, dict[str, str]] = {}
-    for label, record in zip(labels, records):
+    for label, record in zip(labels, records, strict=True):
         for vid, v in record.variants.items():
-            if v.status in ("ok", "error"):
-                outcomes.setdefault(vid, {})[label] = v.status
+            if v.status in (Outcome.OK, Outcome.ERROR):
+                outcomes.setdefault(vid, {})[label] = v.status.value
     return outcomes
 
 
-def attribute(results: Iterable[Mapping[str, Any]], environments: Sequence[Environment], *,
+def attribute(results: Iterable[Result], environments: Sequence[Environment], *,
               backends: Mapping[str, str] | None = None,
               outcomes: Mapping[str, Mapping[str, str]] | None = None) -> list[dict[str, Any]]:
     """Attribution entries, one per group of outputs that diverge in the same environments for the same keys.
@@ -262,11 +263,11 @@ def attribute(results: Iterable[Mapping[str, Any]], environments: Sequence[Envir
     backends = backends or {}
     by_label = {e.label: e for e in environments}
     base = environments[0]
-    rows: dict[tuple[str, str | None], dict[str, Mapping[str, Any]]] = {}
+    rows: dict[tuple[str, str | None], dict[str, Result]] = {}
     for r in results:
-        label = r.get("candidate_label")
-        if label in by_label:
-            rows.setdefault((r["variant"], r.get("output")), {})[label] = r
+        label = r.candidate_label
+        if label is not None and label in by_label:
+            rows.setdefault((r.variant, r.output), {})[label] = r
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     separations: dict[tuple[Any, ...], list[tuple[str, ...]]] = {}
 
@@ -295,23 +296,23 @@ def attribute(results: Iterable[Mapping[str, Any]], environments: Sequence[Envir
         groups[group_key]["members"].append(member)
 
     for (variant, output), per_label in rows.items():
-        differing = sorted(label for label, r in per_label.items() if r["status"] in DIFFERS)
+        differing = sorted(label for label, r in per_label.items() if r.status in DIFFERS)
         if not differing:
             continue
-        agreeing = [base.label, *sorted(label for label, r in per_label.items() if r["status"] in AGREES)]
-        worst = max((per_label[x] for x in differing), key=lambda r: Status(r["status"]).severity)
-        numeric = [u for u in (per_label[x].get("max_ulp") for x in differing) if isinstance(u, (int, float))]
-        add("differs", variant, differing, agreeing, {"case": worst["case"], "variant": variant, "output": output,
-                                                      "status": worst["status"],
+        agreeing = [base.label, *sorted(label for label, r in per_label.items() if r.status in AGREES)]
+        bad = max((per_label[x] for x in differing), key=lambda r: r.status.severity)
+        numeric = [u for u in (per_label[x].max_ulp for x in differing) if isinstance(u, (int, float))]
+        add("differs", variant, differing, agreeing, {"case": bad.case, "variant": variant, "output": output,
+                                                      "status": bad.status.value,
                                                       "max_ulp": max(numeric) if numeric else None})
     compared = {variant for variant, _output in rows}
     for variant, ran in (outcomes or {}).items():
-        failing = sorted(label for label, status in ran.items() if status == "error" and label in by_label)
-        running = [e.label for e in environments if ran.get(e.label) == "ok"]
+        failing = sorted(label for label, status in ran.items() if status == Outcome.ERROR and label in by_label)
+        running = [e.label for e in environments if ran.get(e.label) == Outcome.OK]
         if variant not in compared or not failing or not running:
             continue  # errors everywhere say nothing about the environment
         case = variant.split("[", 1)[0]
-        add("errors", variant, failing, running, {"case": case, "variant": variant, "output": None, "status": "error",
+        add("errors", variant, failing, running, {"case": case, "variant": variant, "output": None, "status": Status.ERROR.value,
                                                   "max_ulp": None})
 
     entries = []
@@ -389,7 +390,7 @@ def pairwise_differences(records: Sequence[RunRecord], labels: Sequence[str], *,
     for (i, a), (j, b) in itertools.combinations(enumerate(records), 2):
         compared = differing = 0
         for vid, va, vb in checks.pair_variants(a, b, match_device):
-            if va is None or vb is None or va.status != "ok" or vb.status != "ok":
+            if va is None or vb is None or va.status != Outcome.OK or vb.status != Outcome.OK:
                 continue
             if match is not None and not match(vid, checks.record_keywords(b.cases.get(vb.case), vb)):
                 continue

@@ -47,16 +47,34 @@ import numpy as np
 from detharness.dtypes import ALL_DTYPES, dtype_name, numpy_dtype
 from detharness.errors import BundleError, DtypeError
 
-SCHEMA = 1
+#: 2 adds, on each variant, ``traceback`` and ``log`` (stdout, stderr, warnings, truncated) and the
+#: reserved ``intermediates``, ``cache`` and ``shard``; on each result every field, ``null`` where
+#: it does not apply (``traceback``, and the reserved ``accuracy``, ``decision``, ``shift``,
+#: ``first_divergence``). Schema 1 manifests are migrated on read.
+SCHEMA = 2
 TOOL = "detharness"
 MANIFEST_NAME = "manifest.json"
 ARRAYS_DIR = "arrays"
 PARTS_DIR = "parts"
 RAW_FORMAT = "raw"
 
+
+def _schema_1_to_2(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 had no traceback, log or reserved keys on variants: add them, empty."""
+    variants = manifest.get("variants")
+    if isinstance(variants, dict):
+        for entry in variants.values():
+            if isinstance(entry, dict):
+                entry.setdefault("traceback", None)
+                entry.setdefault("log", {"stdout": "", "stderr": "", "warnings": [], "truncated": False})
+                for key in ("intermediates", "cache", "shard"):
+                    entry.setdefault(key, None)
+    return {**manifest, "schema": 2}
+
+
 # Upgrades for manifests of older schemas: _MIGRATIONS[n] turns a schema-n manifest into a
-# schema-(n + 1) one, and Bundle.open chains them up to SCHEMA. Empty while there is one schema.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+# schema-(n + 1) one, and Bundle.open chains them up to SCHEMA.
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _schema_1_to_2}
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 # Fixed-width numpy strings, little-endian UTF-32 or bytes; nothing else of kind U/S is accepted.
@@ -71,7 +89,7 @@ _HASH_CHUNK = 1 << 20
 
 
 def to_jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON types, following DESIGN's JSON rule.
+    """``obj`` as plain JSON types: what ``json.dumps(..., allow_nan=False)`` accepts.
 
     Non-finite floats become the strings ``"inf"``, ``"-inf"`` and ``"nan"`` (JSON has no such
     numbers); numpy scalars become Python numbers, arrays lists, complex numbers ``[real, imag]``,
@@ -110,15 +128,6 @@ def to_jsonable(obj: Any) -> Any:
 def json_dumps(obj: Any, *, indent: int | None = None) -> str:
     """JSON text for ``obj`` after :func:`to_jsonable`; never emits NaN or Infinity literals."""
     return json.dumps(to_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
-
-
-def float_from_json(value: Any) -> float:
-    """The float a JSON value written by :func:`to_jsonable` stands for (``"inf"`` -> ``inf``)."""
-    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
-        return float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise ValueError(f"not a JSON number: {value!r}")
 
 
 def _float_to_json(value: Any) -> float | str:
@@ -359,14 +368,6 @@ class BundleWriter:
             parts.append(part)
         return parts
 
-    def discard_parts(self) -> None:
-        """Remove the parts after a merge: readers read only the manifest."""
-        parts_dir = self.path / PARTS_DIR
-        for entry in os.listdir(parts_dir):
-            if entry.endswith(".json"):
-                (parts_dir / entry).unlink()
-        _fsync_dir(parts_dir)
-
     def write_manifest(self, manifest: Mapping[str, Any]) -> Path:
         """Write ``manifest.json`` atomically, with ``tool`` and ``schema`` added where absent.
 
@@ -447,10 +448,6 @@ class Bundle:
         if verify:
             bundle.verify()
         return bundle
-
-    def array_refs(self) -> list[tuple[str, dict[str, Any]]]:
-        """Every array ref in the manifest with its location, in document order."""
-        return list(iter_array_refs(self.manifest))
 
     def verify(self) -> None:
         """Check every array ref: its fields, its path, its file's size and sha256."""

@@ -51,6 +51,25 @@ CASE_KINDS = ("compute", "rng")
 ArrayDict = dict[str, np.ndarray]
 InputFactory = Callable[[np.random.Generator], Mapping[str, Any]]
 
+#: Argument names an implementation may take beside its inputs; no input may be called so.
+RESERVED_NAMES = ("params", "ctx")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an implementation may ask for with a ``ctx`` parameter: the variant it runs as.
+
+    ``device`` is ``"cpu"`` or ``"cuda"`` (a torch device string as it is); ``dtype`` the variant's
+    dtype name (``"float32"``, ``"bfloat16"``); ``seed`` the case's seed; ``variant`` the variant id.
+    """
+
+    device: str
+    dtype: str
+    seed: int
+    variant: str
+    backend: str
+    mode: str
+
 
 @dataclass(frozen=True)
 class KnownDivergence:
@@ -111,6 +130,53 @@ class Implementation:
     @property
     def source(self) -> str:
         return _function_source(self.fn)
+
+    def takes_ctx(self) -> bool:
+        return "ctx" in _parameters(self.fn)
+
+    def check_signature(self, case_id: str, inputs: Sequence[str], has_params: bool) -> None:
+        """Raise :class:`CaseError` unless this implementation can be called with the case's inputs by name.
+
+        A plain function takes every input as a keyword argument (in any order), ``params`` when
+        the case has parameters, and ``ctx`` if it wants the variant's :class:`Context`. A builder
+        (``module=True``) takes ``params`` and optionally ``ctx``; what it returns gets the inputs.
+        """
+        where = f"case {case_id}: implementation {self.name!r} ({self.location})"
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return  # a builtin or C function: nothing to check ahead of the call
+        kinds = {p.name: p for p in signature.parameters.values()}
+        var_keyword = any(p.kind is p.VAR_KEYWORD for p in kinds.values())
+        positional_only = [n for n, p in kinds.items() if p.kind is p.POSITIONAL_ONLY]
+        if positional_only:
+            raise CaseError(f"{where} has positional-only parameters ({', '.join(positional_only)}): "
+                            "inputs are passed by name")
+        named = [n for n, p in kinds.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        required = [n for n in named if kinds[n].default is inspect.Parameter.empty]
+        if self.module:
+            extra = [n for n in required if n not in RESERVED_NAMES]
+            if extra:
+                raise CaseError(f"{where} is a builder (module=True): it takes params (and optionally ctx), "
+                                f"not {', '.join(extra)}; the module it returns takes the inputs")
+            if has_params and "params" not in named and not var_keyword:
+                raise CaseError(f"{where} is a builder (module=True) and must take params")
+            return
+        given = ", ".join(inputs) or "none"
+        missing = [n for n in required if n not in inputs and n not in RESERVED_NAMES]
+        if "params" in required and not has_params:
+            missing.append("params (the case has no params=)")
+        extra = [n for n in inputs if n not in named and not var_keyword]
+        if has_params and "params" not in named and not var_keyword:
+            extra.append("params")
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"takes {', '.join(missing)}, which the case does not give")
+            if extra:
+                parts.append(f"does not take {', '.join(extra)}")
+            raise CaseError(f"{where} {' and '.join(parts)}; the case's inputs are: {given} "
+                            "(inputs are passed by name)")
 
 
 @dataclass
@@ -330,10 +396,20 @@ class Case:
                             yield v
 
     def make_inputs(self) -> ArrayDict:
-        return _make_arrays(self, self.inputs_factory, stream=0, what="inputs")
+        inputs = _make_arrays(self, self.inputs_factory, stream=0, what="inputs")
+        reserved = [name for name in inputs if name in RESERVED_NAMES]
+        if reserved:
+            raise CaseError(f"case {self.id} ({self.location}): no input may be called {reserved[0]!r}: "
+                            f"{' and '.join(RESERVED_NAMES)} are reserved for the parameters and the variant context")
+        return inputs
 
     def make_params(self) -> ArrayDict:
         return _make_arrays(self, self.params_factory, stream=1, what="params")
+
+    def check_signatures(self, inputs: Sequence[str], params: Sequence[str]) -> None:
+        """Every implementation against the case's input names (see :meth:`Implementation.check_signature`)."""
+        for impl in self.impls.values():
+            impl.check_signature(self.id, list(inputs), bool(params) or self.params_factory is not None)
 
     def tolerance_for(self, output: str, dtype: str) -> str | None:
         """The case's tolerance for one output at one dtype; ``None`` means the dtype's default.
@@ -408,6 +484,13 @@ def _default_modes(backend: str, module: bool) -> tuple[str, ...]:
 
     known = BACKENDS.get(backend)
     return known.modes_for(module) if known is not None else ("eager",)
+
+
+def _parameters(fn: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 def _source(fn: Callable[..., Any] | None) -> str | None:

@@ -18,7 +18,6 @@ from detharness import __version__
 from detharness.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DetHarnessError, UsageError
 
 TRUST_NOTE = "runs the Python code in the case files it is given: only point it at code you trust"
-STATUSES = ("identical", "close", "known", "skipped", "missing", "diverged", "mismatch", "error")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,8 +41,11 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "md", "json"), default="text", help="Format of what goes to stdout")
     p.add_argument("--report", action="append", default=[], metavar="FILE",
                    help="Also write a report in the format its extension names (.md, .json, .txt)")
-    p.add_argument("--fail-on", default="diverged,mismatch,error", metavar="STATUS,...",
-                   help="Statuses that make the exit code 1 (default: diverged,mismatch,error)")
+    from detharness.results import DEFAULT_FAIL_ON, STATUSES
+
+    fail_on = ",".join(s.value for s in DEFAULT_FAIL_ON)
+    p.add_argument("--fail-on", default=fail_on, metavar="STATUS,...",
+                   help=f"Statuses that make the exit code 1, of {', '.join(STATUSES)} (default: {fail_on})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", action="append", default=[], metavar="NAME",
                    help="Also load these backends for their keys (default: every installed one)")
 
+    from detharness.checks import RUN_CHECKS
+
     p = sub.add_parser("run", help=f"Run cases on every backend and device found here; {TRUST_NOTE}")
     _add_selection(p)
     p.add_argument("--backend", action="append", default=[], metavar="NAME", help="Only this backend (repeatable)")
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all", help="Devices to run on (default: all)")
     p.add_argument("--check", action="append", default=[], metavar="KIND",
-                   help="Checks to run, and only the variants they look at: backend, device, repeat, rng, roundtrip "
+                   help=f"Checks to run, and only the variants they look at: {', '.join(RUN_CHECKS)} "
                         "(repeatable or comma-separated; default: every one that applies)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="Run each variant N times in its worker and flag outputs that are not bitwise identical")
@@ -105,12 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail_on(text: str) -> list[str]:
-    statuses = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in statuses if s not in STATUSES]
-    if unknown:
-        raise UsageError(f"--fail-on: unknown status {unknown[0]!r}; choose from {', '.join(STATUSES)}")
-    return statuses
+def _fail_on(text: str) -> list[Any]:
+    from detharness.results import parse_statuses
+
+    return parse_statuses(text, "--fail-on")
 
 
 def _progress(stream: TextIO) -> Callable[[int, int, str], None] | None:
@@ -160,7 +162,7 @@ def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
     from detharness import environment
     from detharness.backends import BACKENDS, get_backend
     from detharness.bundle import json_dumps
-    from detharness.runner import _load_backend
+    from detharness.backends import load_backend
 
     fp = environment.fingerprint()
     names = args.backend or [n for n, b in BACKENDS.items() if b.is_installed()]
@@ -168,7 +170,7 @@ def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
         backend = get_backend(name)
         if not backend.is_installed():
             raise UsageError(f"backend {name!r} is not installed: {backend.install_hint}")
-        fp = environment.merge(fp, _load_backend(name, deterministic=False)[1]["fingerprint"])
+        fp = environment.merge(fp, load_backend(name, deterministic=False)[1]["fingerprint"])
     fp = dict(sorted(fp.items()))
     if args.json:
         out.write(json_dumps({"id": environment.environment_id(fp), "fingerprint": fp}, indent=2) + "\n")
@@ -195,6 +197,7 @@ def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     from detharness import checks, record as record_mod, report as report_mod
+    from detharness.results import failed
     from detharness.runner import RunOptions, run
 
     fail_on = _fail_on(args.fail_on)
@@ -224,23 +227,24 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                               seconds=time.perf_counter() - start,
                               extra={"bundle": args.out, "variants": _variant_summary(record)})
     _emit(report, args, out)
-    return EXIT_FAILED if checks.failed(results, fail_on) else EXIT_OK
+    return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
 
 
 def _variant_summary(record: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for v in record.variants.values():
-        counts[v.status] = counts.get(v.status, 0) + 1
+        counts[v.status.value] = counts.get(v.status.value, 0) + 1
     return counts
 
 
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
-    from detharness import checks, record as record_mod, report as report_mod
+    from detharness import record as record_mod, report as report_mod
+    from detharness.attribution import bundle_labels, compare_bundles
+    from detharness.results import failed
 
     fail_on = _fail_on(args.fail_on)
     _check_report_paths(args)
     start = time.perf_counter()
-    from detharness.attribution import bundle_labels, compare_bundles
 
     paths = [args.baseline, *args.candidates]
     records = [record_mod.load(path) for path in paths]
@@ -252,11 +256,12 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     report = report_mod.build(results, environments, title="detharness compare",
                               seconds=time.perf_counter() - start, extra=extra)
     _emit(report, args, out)
-    return EXIT_FAILED if checks.failed(results, fail_on) else EXIT_OK
+    return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
 
 
 def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
-    from detharness import checks, matrix, report as report_mod
+    from detharness import matrix, report as report_mod
+    from detharness.results import Status
 
     fail_on = _fail_on(args.fail_on)
     _check_report_paths(args)
@@ -272,7 +277,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     for name in ("report.md", "report.json", "report.txt"):
         report_mod.write(report, os.path.join(args.out, name))
     _emit(report, args, out)
-    return EXIT_FAILED if checks.failed(report["results"], fail_on) else EXIT_OK
+    return EXIT_FAILED if any(Status(r["status"]) in fail_on for r in report["results"]) else EXIT_OK
 
 
 COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare, "matrix": cmd_matrix}

@@ -555,9 +555,10 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
     and fails the exit code like any other error.
     """
     from detharness import attribution, checks, record as record_mod, report as report_mod
+    from detharness.results import Result, Status
 
     ran = [o for o in outcomes if o.status == "ok" and o.bundle]
-    results: list[dict[str, Any]] = []
+    results: list[Result] = []
     extra: dict[str, Any] = {"profiles_file": spec.path, "profiles": [o.to_json() for o in outcomes],
                              "bundles": [o.bundle for o in ran]}
     environments: dict[str, Any] = {}
@@ -570,7 +571,7 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
             extra.update(nway)
     for o in outcomes:
         if o.status != "ok":
-            results.append(checks.new_result("matrix", "", f"profile {o.name}", "error",
+            results.append(checks.new_result("matrix", "", f"profile {o.name}", Status.ERROR,
                                               f"profile {o.name} ({o.changes}): {o.status}: {o.reason}"))
     return report_mod.build(results, environments, title=f"detharness matrix ({Path(spec.path).name})",
                             seconds=seconds, extra=extra)

@@ -20,6 +20,7 @@ from detharness import __version__
 from detharness.bundle import Bundle, BundleWriter
 from detharness.cases import KnownDivergence
 from detharness.errors import BundleError
+from detharness.results import Outcome, Result, VariantLog
 
 
 class LazyArrays(Mapping[str, np.ndarray]):
@@ -71,9 +72,11 @@ class VariantRecord:
     device: str
     dtype: str
     mode: str
-    status: str  # "ok", "error" or "skipped"
+    status: Outcome
     reference: bool = False
     error: str | None = None
+    #: The user's frames of the exception an ``error`` variant raised.
+    traceback: str | None = None
     seconds: float | None = None
     outputs: Mapping[str, np.ndarray] = field(default_factory=dict)
     tolerances: dict[str, str | None] = field(default_factory=dict)
@@ -86,6 +89,15 @@ class VariantRecord:
     #: before_outputs, params (name -> dtype, shape, sha256 before and after), changed_params
     #: (name -> {"before", "after"} arrays), notes, saved_bytes, seconds.
     roundtrip: dict[str, Any] | None = None
+    #: What the variant printed and warned while it ran.
+    log: VariantLog = field(default_factory=VariantLog)
+    # Reserved for later capabilities: recorded layers, the prepared-artefact cache, the shard.
+    intermediates: dict[str, Any] | None = None
+    cache: dict[str, Any] | None = None
+    shard: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Outcome(self.status)
 
 
 @dataclass
@@ -96,7 +108,7 @@ class RunRecord:
     variants: dict[str, VariantRecord] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    verdicts: list[Result] = field(default_factory=list)
     path: str | None = None
     label: str = ""
 
@@ -114,9 +126,10 @@ def digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
 def variant_manifest(v: VariantRecord, put: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "case": v.case, "impl": v.impl, "backend": v.backend, "device": v.device, "dtype": v.dtype, "mode": v.mode,
-        "reference": v.reference, "status": v.status, "error": v.error, "seconds": v.seconds,
-        "outputs": {name: put(np.asarray(arr)) for name, arr in v.outputs.items()},
+        "reference": v.reference, "status": v.status.value, "error": v.error, "traceback": v.traceback,
+        "seconds": v.seconds, "outputs": {name: put(np.asarray(arr)) for name, arr in v.outputs.items()},
         "tolerances": v.tolerances, "distinct_results": v.distinct_results, "info": v.info,
+        "log": v.log.to_json(), "intermediates": v.intermediates, "cache": v.cache, "shard": v.shard,
     }
     if v.repeat_outputs is not None:
         entry["repeat_outputs"] = {name: put(np.asarray(arr)) for name, arr in v.repeat_outputs.items()}
@@ -165,7 +178,7 @@ def manifest_of(record: RunRecord, put: Callable[[np.ndarray], dict[str, Any]]) 
         "options": record.options,
         "cases": {cid: case_manifest(c, put) for cid, c in record.cases.items()},
         "variants": {vid: variant_manifest(v, put) for vid, v in record.variants.items()},
-        "verdicts": record.verdicts,
+        "verdicts": [r.to_json() for r in record.verdicts],
     }
 
 
@@ -194,7 +207,9 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
         variants = {
             vid: VariantRecord(
                 id=vid, case=v["case"], impl=v["impl"], backend=v["backend"], device=v["device"], dtype=v["dtype"],
-                mode=v["mode"], status=v["status"], reference=v.get("reference", False), error=v.get("error"),
+                mode=v["mode"], status=Outcome(v["status"]), reference=v.get("reference", False),
+                error=v.get("error"), traceback=v.get("traceback"), log=VariantLog.from_json(v.get("log")),
+                intermediates=v.get("intermediates"), cache=v.get("cache"), shard=v.get("shard"),
                 seconds=v.get("seconds"), outputs=LazyArrays(v.get("outputs", {}), read),
                 tolerances=dict(v.get("tolerances", {})), distinct_results=v.get("distinct_results"),
                 repeat_outputs=LazyArrays(v["repeat_outputs"], read) if v.get("repeat_outputs") else None,
@@ -206,9 +221,9 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
         return RunRecord(
             environment=dict(manifest["environment"]), environment_id=manifest["environment_id"], cases=cases,
             variants=variants, options=dict(manifest.get("options", {})), created=manifest.get("created", ""),
-            verdicts=list(manifest.get("verdicts", [])), path=where,
+            verdicts=[Result.from_json(r) for r in manifest.get("verdicts", [])], path=where,
         )
-    except (KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise BundleError(f"{where}: manifest is malformed ({type(exc).__name__}: {exc})") from None
 
 

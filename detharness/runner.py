@@ -4,34 +4,48 @@ Each worker imports its framework once and runs every variant of its backend. A 
 ``--timeout`` or an out-of-memory kill costs one variant: it is recorded as ``error`` with the
 reason, the worker is restarted and the remaining variants go on. Workers of different backends run
 side by side (the parent only waits on pipes), so torch's and jax's start-up costs overlap.
+
+Implementations get their inputs by name (``def _(a, b)`` gets the input called ``a`` as ``a``,
+whatever the order of the case's input dict), ``params`` when the case has parameters, and ``ctx``
+(a :class:`~detharness.cases.Context`) when they ask for it. What a variant prints or warns, and
+what its framework logs, goes to that variant's record (:class:`~detharness.results.VariantLog`),
+not to the terminal.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import inspect
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
+import sys
+import tempfile
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from detharness import environment as env_mod
 from detharness import roundtrip as rt
-from detharness.backends import Backend, UnsupportedVariant, get_backend
+from detharness.backends import Backend, UnsupportedVariant, VariantSpec, get_backend, load_backend
 from detharness.backends.base import jsonable
-from detharness.cases import Case, Registry, Variant, discover, display_path
-from detharness.checks import own_checks
+from detharness.cases import Case, Context, Registry, Variant, discover, display_path
+from detharness.checks import CHECKS, Plan, checks_for, needed
 from detharness.dtypes import cast_floats
-from detharness.errors import BackendError, UsageError
+from detharness.errors import BackendError, CaseError, UsageError
 from detharness.record import CaseRecord, RunRecord, VariantRecord, digest_arrays
+from detharness.results import Hello, Outcome, Reply, Task, VariantLog
 from detharness.select import compile_expression
 
 DEVICE_CHOICES = ("cpu", "cuda", "all")
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 @dataclass
@@ -53,21 +67,25 @@ class RunOptions:
     in_process: bool = False
     progress: Callable[[int, int, str], None] | None = None
 
+    @property
+    def plan(self) -> Plan:
+        return Plan(repeating=self.repeat > 1 or self.repeat_processes > 1)
+
 
 def select_variants(registry: Registry, options: RunOptions) -> list[Variant]:
-    """The declared variants that pass ``-k``, ``--tag``, ``--backend`` and ``--device``.
+    """The declared variants that pass ``-k``, ``--tag``, ``--backend``, ``--device`` and ``--check``.
 
     Whether a device is really present is decided later, by the backend's worker.
     """
     match = compile_expression(options.keyword) if options.keyword else None
     wanted_backends = set(options.backends)
-    repeating = options.repeat > 1 or options.repeat_processes > 1
+    plan = options.plan
     chosen: list[Variant] = []
     for c in registry:
         for v in c.variants():
             if options.tags and not v.tags.intersection(options.tags):
                 continue
-            if options.checks and not set(options.checks).intersection(checks_for(v, repeating)):
+            if options.checks and not checks_for(v, plan, options.checks):
                 continue
             if wanted_backends and v.impl.backend not in wanted_backends:
                 continue
@@ -79,34 +97,12 @@ def select_variants(registry: Registry, options: RunOptions) -> list[Variant]:
     return chosen
 
 
-def checks_for(v: Variant, repeating: bool = False) -> tuple[str, ...]:
-    """The in-environment checks that look at a variant: what ``--check`` selects it by
-    (:func:`checks.own_checks`, and ``repeat`` for every variant when runs are repeated)."""
-    own = own_checks(v.case.kind, v.mode)
-    return own + ("repeat",) if repeating else own
-
-
 def check_backends_requested(names: Iterable[str]) -> None:
     """``--backend`` naming an unknown or uninstalled backend is a usage error (exit 2)."""
     for name in names:
         backend = get_backend(name)
         if not backend.is_installed():
             raise BackendError(f"backend {name!r} is not installed: {backend.install_hint}")
-
-
-def with_references(variants: list[Variant]) -> list[Variant]:
-    """Add each selected case's reference variant, which the backend check needs as its baseline."""
-    have = {v.id for v in variants}
-    extra: list[Variant] = []
-    # Only cases with a variant the backend check judges: a round trip is held against its own
-    # before outputs, an rng stream against itself, and neither needs the reference run.
-    judged = [v for v in variants if "backend" in checks_for(v)]
-    for c in {id(v.case): v.case for v in judged}.values():
-        ref = c.reference_variant
-        if ref is not None and ref.id not in have:
-            extra.append(ref)
-            have.add(ref.id)
-    return variants + extra
 
 
 def case_record(c: Case, inputs: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> CaseRecord:
@@ -119,129 +115,237 @@ def case_record(c: Case, inputs: dict[str, np.ndarray], params: dict[str, np.nda
     )
 
 
+def case_arrays(c: Case, replay: RunRecord | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The case's inputs and parameters (replayed from a baseline bundle, or made from the seed),
+    after checking that every implementation takes them by name (:class:`CaseError` otherwise)."""
+    if replay is not None and c.id in replay.cases:
+        stored = replay.cases[c.id]
+        inputs = {k: np.asarray(stored.inputs[k]) for k in stored.inputs}
+        params = {k: np.asarray(stored.params[k]) for k in stored.params}
+    else:
+        inputs, params = c.make_inputs(), c.make_params()
+    c.check_signatures(list(inputs), list(params))
+    return inputs, params
+
+
+def task_for(v: Variant, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], repeat: int) -> Task:
+    """What :func:`execute` needs to run one variant; it crosses to a worker process."""
+    return Task(id=v.id, case=v.case.id, impl=v.impl.name, device=v.device, dtype=v.dtype, mode=v.mode,
+                repeat=repeat, inputs=dict(inputs), params=dict(params))
+
+
 # -- execution of one variant (shared by workers, --in-process and the pytest plugin) ----------
 
 
-def case_arrays(c: Case, replay: RunRecord | None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The case's inputs and parameters: replayed from a baseline bundle, or made from the seed."""
-    if replay is not None and c.id in replay.cases:
-        stored = replay.cases[c.id]
-        return {k: np.asarray(stored.inputs[k]) for k in stored.inputs}, {k: np.asarray(stored.params[k]) for k in stored.params}
-    return c.make_inputs(), c.make_params()
-
-
-def task_for(v: Variant, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], repeat: int
-             ) -> dict[str, Any]:
-    """What :func:`execute` needs to run one variant (a plain dict: it crosses to a worker process)."""
-    return {"id": v.id, "case": v.case.id, "impl": v.impl.name, "device": v.device, "dtype": v.dtype,
-            "mode": v.mode, "repeat": repeat, "inputs": dict(inputs), "params": dict(params)}
-
-
-def execute(backend: Backend, c: Case, task: Mapping[str, Any]) -> dict[str, Any]:
-    """Run one variant with a loaded backend; returns a result dict (never raises for case errors)."""
-    impl = c.impls[task["impl"]]
-    device, dtype, mode, repeat = task["device"], task["dtype"], task["mode"], int(task.get("repeat", 1))
-    result: dict[str, Any] = {"id": task["id"], "status": "ok", "error": None, "seconds": None, "outputs": {},
-                              "distinct_results": None, "repeat_outputs": None, "run_digests": [], "info": {},
-                              "roundtrip": None}
-    if device not in backend.devices():
-        result.update(status="skipped", error=f"no {device} device seen by {backend.name}")
-        return result
+def execute(backend: Backend, c: Case, task: Task) -> Reply:
+    """Run one variant with a loaded backend; never raises for the case's own failures."""
+    impl = c.impls[task.impl]
+    reply = Reply(id=task.id, outcome=Outcome.OK)
+    if task.device not in backend.devices():
+        return Reply.skip(task.id, f"no {task.device} device seen by {backend.name}")
     fmt: rt.RoundtripFormat | None = None
-    if rt.is_roundtrip_mode(mode):
-        fmt = rt.find_format(impl.backend, mode[len(rt.PREFIX):], c.roundtrip_formats)
+    if rt.is_roundtrip_mode(task.mode):
+        name = task.mode[len(rt.PREFIX):]
+        fmt = rt.find_format(impl.backend, name, c.roundtrip_formats)
         if fmt is None:
-            result.update(status="error", error=f"no round-trip format {mode[len(rt.PREFIX):]!r} for backend "
-                                                f"{impl.backend!r} (known: {', '.join(f.name for f in rt.formats_for(impl.backend))})")
-            return result
+            known = ", ".join(f.name for f in rt.formats_for(impl.backend))
+            return Reply.failure(task.id, f"no round-trip format {name!r} for backend {impl.backend!r} (known: {known})")
         why_not = fmt.missing() or (None if impl.module else
-                                    f"the {mode} mode needs a module builder, and this implementation is a plain function")
+                                    f"the {task.mode} mode needs a module builder, and this implementation is a "
+                                    "plain function")
         if why_not:
-            result.update(status="skipped", error=why_not)
-            return result
-    supported, why = backend.supports(device=device, dtype=dtype, mode=fmt.before_mode if fmt else mode)
+            return Reply.skip(task.id, why_not)
+    spec = VariantSpec(device=task.device, dtype=task.dtype, mode=fmt.before_mode if fmt else task.mode,
+                       is_module=impl.module, variant_id=task.id)
+    supported, why = backend.supports(spec)
     if not supported:
-        result.update(status="skipped", error=why)
-        return result
+        return Reply.skip(task.id, why)
+    ctx = Context(device=task.device, dtype=task.dtype, seed=c.seed, variant=task.id, backend=impl.backend,
+                  mode=task.mode)
     try:
-        inputs = [backend.to_native(cast_floats(np.asarray(a), dtype), device) for a in task["inputs"].values()]
-        params = {k: backend.to_native(cast_floats(np.asarray(a), dtype), device) for k, a in task["params"].items()}
+        native = {k: backend.to_native(cast_floats(np.asarray(a), task.dtype), task.device)
+                  for k, a in task.inputs.items()}
+        params = {k: backend.to_native(cast_floats(np.asarray(a), task.dtype), task.device)
+                  for k, a in task.params.items()}
+        extras: dict[str, Any] = {"ctx": ctx} if impl.takes_ctx() else {}
         if impl.module:
-            obj: Any = impl.fn(params)
-        elif params:
-            obj = functools.partial(impl.fn, params=params)
+            obj: Any = build(impl.fn, params, extras)
+            order = module_input_order(obj, list(native), c.id, impl.name)
         else:
-            obj = impl.fn
+            if task.params or c.params_factory is not None:
+                extras["params"] = params
+            obj = bind_by_name(impl.fn, list(native), extras)
+            order = list(native)
+        inputs = [native[name] for name in order]
         names = list(c.outputs) if c.outputs else None
         extra_info: dict[str, Any] = {}
         if fmt is not None:
             # The before outputs, the save and the load happen here, in this worker; the loaded
             # object's callable is what runs (and repeats) below.
-            ctx = rt.RoundtripContext(backend=backend, device=device, dtype=dtype, example_inputs=tuple(inputs),
-                                      build=lambda: impl.fn(params),
-                                      key=f"{c.id}|{impl.name}|{dtype}|{digest_arrays({**task['inputs'], **task['params']})}")
-            call, trip = rt.run_roundtrip(fmt, obj, ctx, inputs, seed=c.seed, names=names)
-            result["roundtrip"] = trip.to_dict()
-            extra_info = {**ctx.info, "roundtrip.format": fmt.name}
+            trip_ctx = rt.RoundtripContext(
+                backend=backend, device=task.device, dtype=task.dtype, example_inputs=tuple(inputs),
+                build=lambda: build(impl.fn, params, extras), variant_id=task.id,
+                key=f"{c.id}|{impl.name}|{task.dtype}|{digest_arrays({**task.inputs, **task.params})}")
+            call, trip = rt.run_roundtrip(fmt, obj, trip_ctx, inputs, seed=c.seed, names=names)
+            reply.roundtrip = trip.to_dict()
+            extra_info = {**trip_ctx.info, "roundtrip.format": fmt.name}
         else:
-            call = backend.prepare(obj, mode=mode, device=device, dtype=dtype, example_inputs=inputs,
-                                   is_module=impl.module)
+            call = backend.prepare(obj, spec, example_inputs=inputs)
         # An rng case always draws twice: reseeding must give the same stream (the rng check).
-        runs = max(1, repeat, 2 if c.kind == "rng" else 1)
+        runs = max(1, task.repeat, 2 if c.kind == "rng" else 1)
         digests: list[str] = []
-        first: dict[str, np.ndarray] = {}
         seconds = 0.0
         for run in range(runs):
-            raw, elapsed = backend.run(call, inputs, device=device, seed=c.seed)
+            raw, elapsed = backend.run(call, inputs, device=task.device, seed=c.seed)
             seconds += elapsed
             outputs = backend.outputs_to_numpy(raw, names=names)
             digest = digest_arrays(outputs)
             if run == 0:
-                first = outputs
-            elif digest not in digests and result["repeat_outputs"] is None:
-                result["repeat_outputs"] = outputs
+                reply.outputs = outputs
+            elif digest not in digests and reply.repeat_outputs is None:
+                reply.repeat_outputs = outputs
             if digest not in digests:
                 digests.append(digest)
-            result["run_digests"].append(digest)
-        result.update(outputs=first, seconds=seconds / runs, info=jsonable({**backend.run_info(), **extra_info}))
+            reply.run_digests.append(digest)
+        reply.seconds = seconds / runs
+        reply.info = jsonable({**backend.run_info(), **extra_info})
         if runs > 1:
-            result["distinct_results"] = len(digests)
+            reply.distinct_results = len(digests)
     except UnsupportedVariant as exc:
-        result.update(status="skipped", error=exc.reason)
+        return Reply.skip(task.id, exc.reason)
     except Exception as exc:  # an implementation's failure is a result, not a crash of the harness
-        result.update(status="error", error=_one_line(exc), traceback=traceback.format_exc(limit=6))
-    return result
+        return Reply.failure(task.id, one_line(exc), user_traceback(exc))
+    return reply
 
 
-def _one_line(exc: BaseException) -> str:
+def build(fn: Callable[..., Any], params: Mapping[str, Any], extras: Mapping[str, Any]) -> Any:
+    """Call a builder: ``params`` by name where it has a parameter of that name, else first by position."""
+    try:
+        by_name = "params" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        by_name = False
+    return fn(params=params, **extras) if by_name else fn(params, **extras)
+
+
+def bind_by_name(fn: Callable[..., Any], names: Sequence[str], extras: Mapping[str, Any]) -> Callable[..., Any]:
+    """A positional callable (what backends call) that passes each input to ``fn`` by its name."""
+    keys = tuple(names)
+
+    def call(*arrays: Any) -> Any:
+        return fn(**dict(zip(keys, arrays, strict=True)), **extras)
+
+    call.__name__ = getattr(fn, "__name__", "implementation")
+    call.__qualname__ = getattr(fn, "__qualname__", call.__name__)
+    return call
+
+
+def declared_inputs(obj: Any) -> list[str] | None:
+    """The input names a built model declares, in its order: an ONNX graph's inputs, a torch
+    module's ``forward`` parameters, a callable's parameters; None where it does not say."""
+    graph = getattr(obj, "graph", None)
+    if graph is not None and hasattr(graph, "input") and hasattr(graph, "initializer"):
+        constants = {t.name for t in graph.initializer}
+        return [i.name for i in graph.input if i.name not in constants]
+    target = getattr(obj, "forward", obj)
+    if not callable(target):
+        return None
+    try:
+        parameters = list(inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def module_input_order(obj: Any, names: Sequence[str], case_id: str, impl: str) -> list[str]:
+    """The order in which a built model gets the case's inputs (it is called with them by position,
+    as an exporter calls it).
+
+    Where the model declares every input name the case gives, they are matched by name, whatever
+    the order of the case's dict. Otherwise they go in the case's order (``nn.Sequential`` calls its
+    input ``input``), provided no name the two share stands at another position: that would hand
+    an input to the wrong parameter, which is an error.
+    """
+    declared = declared_inputs(obj)
+    if declared is None:
+        return list(names)
+    if all(name in declared for name in names):
+        return sorted(names, key=declared.index)
+    misplaced = [name for i, name in enumerate(names) if name in declared and declared.index(name) != i]
+    if misplaced:
+        raise CaseError(f"case {case_id}: the model that implementation {impl!r} builds takes "
+                        f"({', '.join(declared)}), the case gives ({', '.join(names)}): input "
+                        f"{misplaced[0]!r} would reach another parameter; name the inputs as the model does")
+    return list(names)
+
+
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def user_traceback(exc: BaseException, limit: int = 30) -> str:
+    """The exception's traceback without detharness's own frames: the user's file and line first."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PACKAGE_DIR)]
+    lines = ["Traceback (most recent call last):\n"]
+    if len(frames) > limit:
+        lines.append(f"  ... {len(frames) - limit} frames above ...\n")
+    lines += traceback.format_list(frames[-limit:])
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)
+
+
+# -- capturing what a variant prints -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def captured(into: list[VariantLog]) -> Iterator[None]:
+    """Send fd 1 and 2 (prints, C++ framework logs) and Python warnings of the block to a
+    :class:`VariantLog`, appended to ``into`` when the block ends."""
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(out_file.fileno(), 1)
+        os.dup2(err_file.fileno(), 2)
+        caught: list[warnings.WarningMessage] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught_now:
+                warnings.simplefilter("default")
+                yield
+            caught = list(caught_now)
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            texts = []
+            for f in (out_file, err_file):
+                f.seek(0)
+                texts.append(f.read().decode("utf-8", "replace"))
+            into.append(VariantLog.bounded(
+                texts[0], texts[1],
+                [f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}" for w in caught]))
 
 
 # -- worker processes --------------------------------------------------------------------------
 
 
-def _load_backend(name: str, deterministic: bool) -> tuple[Backend, dict[str, Any]]:
-    """Set switches (some must precede the import: XLA_FLAGS), import, and fingerprint a backend."""
-    backend = get_backend(name)
-    switches = backend.apply_switches(deterministic)
-    backend.load()
-    switches = {**switches, **backend.apply_switches(deterministic)}
-    fingerprint = dict(backend.fingerprint())
-    for key, value in switches.items():
-        fingerprint[key if "." in key else f"{name}.{key}"] = value
-    return backend, {"devices": list(backend.devices()), "fingerprint": fingerprint}
-
-
 def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str, case_paths: list[str],
                  deterministic: bool) -> None:
+    logs: list[VariantLog] = []
     try:
-        registry = discover(case_paths or None)
-        backend, hello = _load_backend(backend_name, deterministic)
+        with captured(logs):
+            registry = discover(case_paths or None)
+            backend, hello = load_backend(backend_name, deterministic)
     except BaseException as exc:
-        conn.send(("hello", {"error": _one_line(exc)}))
+        stderr = logs[-1].stderr.strip().splitlines()[-3:] if logs else []
+        conn.send(("hello", Hello(error=one_line(exc) + ("".join(f"\n  {line}" for line in stderr)))))
         return
-    conn.send(("hello", hello))
+    conn.send(("hello", Hello(devices=tuple(hello["devices"]), fingerprint=hello["fingerprint"])))
     while True:
         try:
             message = conn.recv()
@@ -249,7 +353,11 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
             return
         if message is None:
             return
-        conn.send(("result", execute(backend, registry[message["case"]], message)))
+        logs = []
+        with captured(logs):
+            reply = execute(backend, registry[message.case], message)
+        reply.log = logs[-1]
+        conn.send(("result", reply))
 
 
 def _describe_exit(code: int | None) -> str:
@@ -268,25 +376,29 @@ def _describe_exit(code: int | None) -> str:
 class Worker:
     """One backend's worker process, restarted after a crash or a timeout."""
 
-    def __init__(self, backend: str, options: RunOptions) -> None:
+    def __init__(self, backend: str, case_paths: Sequence[str], deterministic: bool, timeout: float) -> None:
         self.backend = backend
-        self.options = options
+        self.case_paths = list(case_paths)
+        self.deterministic = deterministic
+        self.timeout = timeout
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: multiprocessing.connection.Connection | None = None
-        self.hello: dict[str, Any] = {}
+        self.hello = Hello()
+        self.started = False
 
-    def start(self) -> dict[str, Any]:
+    def start(self) -> Hello:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, name=f"detharness-{self.backend}", daemon=True,
-                                   args=(child, self.backend, self.options.case_paths, self.options.deterministic))
+                                   args=(child, self.backend, self.case_paths, self.deterministic))
         self.process.start()
+        self.started = True
         child.close()
         self.conn = parent
         # Importing a framework can take a while on a cold disk: allow it beyond one variant's timeout.
-        message = self._receive(max(self.options.timeout, 300.0))
+        message = self._receive(max(self.timeout, 300.0))
         if message is None:
-            self.hello = {"error": f"{self.backend} worker did not start: {_describe_exit(self.process.exitcode)}"}
+            self.hello = Hello(error=f"{self.backend} worker did not start: {_describe_exit(self.process.exitcode)}")
             self.stop()
         else:
             self.hello = message[1]
@@ -301,32 +413,28 @@ class Worker:
             self.process.join(5)
         return None
 
-    def run(self, task: dict[str, Any]) -> dict[str, Any]:
+    def run(self, task: Task) -> Reply:
         # Restarted after a crash or a timeout; one that could not start answers with why, not
         # with another start (a framework import, or a wait for a hang) for every variant.
-        if "error" not in self.hello and (self.process is None or not self.process.is_alive()):
+        if self.hello.error is None and (self.process is None or not self.process.is_alive()):
             self.start()
-        if "error" in self.hello:
-            return {"id": task["id"], "status": "error", "error": self.hello["error"]}
+        if self.hello.error is not None:
+            return Reply.failure(task.id, self.hello.error)
         assert self.conn is not None and self.process is not None
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError):
             self.conn.send(task)
-        except (BrokenPipeError, OSError):
-            pass
-        message = self._receive(self.options.timeout)
+        message = self._receive(self.timeout)
         if message is not None:
             return message[1]  # type: ignore[no-any-return]
         alive = self.process.is_alive()
-        reason = f"timed out after {self.options.timeout:g} s" if alive else _describe_exit(self.process.exitcode)
+        reason = f"timed out after {self.timeout:g} s" if alive else _describe_exit(self.process.exitcode)
         self.stop()
-        return {"id": task["id"], "status": "error", "error": reason}
+        return Reply.failure(task.id, reason)
 
     def stop(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 self.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
         if self.process is not None:
             self.process.join(0.5)
             if self.process.is_alive():
@@ -335,11 +443,84 @@ class Worker:
         self.process = None
 
 
+class _InProcess:
+    """A backend loaded in this process (``--in-process``, ``--dh-in-process``): for debugging."""
+
+    def __init__(self, name: str, deterministic: bool) -> None:
+        self.name = name
+        self.backend: Backend | None = None
+        try:
+            self.backend, hello = load_backend(name, deterministic)
+            self.hello = Hello(devices=tuple(hello["devices"]), fingerprint=hello["fingerprint"])
+        except Exception as exc:
+            self.hello = Hello(error=f"{name} failed to load: {one_line(exc)}")
+
+    def run(self, case: Case, task: Task) -> Reply:
+        if self.backend is None:
+            return Reply.failure(task.id, self.hello.error or "not loaded")
+        # Other code in this process (a test fixture) may have reset the framework's settings.
+        self.backend.reload_settings()
+        logs: list[VariantLog] = []
+        with captured(logs):
+            reply = execute(self.backend, case, task)
+        reply.log = logs[-1]
+        return reply
+
+    def stop(self) -> None:
+        """Nothing to end: the framework stays loaded in this process."""
+
+
+class Executor:
+    """Runs variants of any backend: one worker process per backend, started on first use (or
+    everything in this process). The runner and the pytest plugin share it."""
+
+    def __init__(self, case_paths: Sequence[str] = (), *, deterministic: bool = False, timeout: float = 600.0,
+                 in_process: bool = False) -> None:
+        self.case_paths = list(case_paths)
+        self.deterministic = deterministic
+        self.timeout = timeout
+        self.in_process = in_process
+        self._runners: dict[str, Worker | _InProcess] = {}
+        self._lock = threading.Lock()
+        #: Fingerprint keys of every backend loaded so far.
+        self.fingerprint: dict[str, Any] = {}
+
+    def _runner(self, name: str) -> Worker | _InProcess:
+        with self._lock:
+            runner = self._runners.get(name)
+        if runner is None:
+            if self.in_process:
+                runner = _InProcess(name, self.deterministic)
+                hello = runner.hello
+            else:
+                runner = Worker(name, self.case_paths, self.deterministic, self.timeout)
+                hello = runner.start()
+            with self._lock:
+                self._runners[name] = runner
+                self.fingerprint.update(hello.fingerprint)
+        return runner
+
+    def execute(self, v: Variant, task: Task) -> Reply:
+        backend = get_backend(v.impl.backend)
+        if not backend.is_installed():
+            return Reply.skip(v.id, f"{backend.name} not installed: {backend.install_hint}")
+        runner = self._runner(v.impl.backend)
+        if isinstance(runner, _InProcess):
+            return runner.run(v.case, task)
+        return runner.run(task)
+
+    def close(self) -> None:
+        with self._lock:
+            runners = list(self._runners.values())
+            self._runners.clear()
+        for runner in runners:
+            runner.stop()
+
+
 # -- the whole run -----------------------------------------------------------------------------
 
 
-def run(options: RunOptions) -> RunRecord:
-    """Discover, select, execute and record. Checks are applied by the caller (:mod:`checks`)."""
+def validate(options: RunOptions) -> None:
     if options.backends:
         check_backends_requested(options.backends)
     if options.device not in DEVICE_CHOICES:
@@ -350,10 +531,16 @@ def run(options: RunOptions) -> RunRecord:
         raise UsageError("--repeat-processes must be at least 1")
     if options.repeat_processes > 1 and options.in_process:
         raise UsageError("--repeat-processes runs fresh worker processes; it cannot be combined with --in-process")
+    unknown = [c for c in options.checks if c not in CHECKS]
+    if unknown:
+        raise UsageError(f"--check {unknown[0]!r}: choose from {', '.join(CHECKS)}")
+
+
+def run(options: RunOptions) -> RunRecord:
+    """Discover, select, execute and record. Checks are applied by the caller (:mod:`checks`)."""
+    validate(options)
     registry = discover(options.case_paths or None)
-    variants = select_variants(registry, options)
-    if not options.checks or "backend" in options.checks:
-        variants = with_references(variants)  # no other check reads the reference's outputs
+    variants = needed(select_variants(registry, options), options.plan, options.checks or None)
 
     cases: dict[str, CaseRecord] = {}
     arrays: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
@@ -366,114 +553,90 @@ def run(options: RunOptions) -> RunRecord:
     for v in variants:
         by_backend.setdefault(v.impl.backend, []).append(v)
 
-    backend_keys: dict[str, Any] = {}
-    # One dict of results per set of fresh processes (--repeat-processes); the first is the run's.
-    passes: list[dict[str, dict[str, Any]]] = []
-    results: dict[str, dict[str, Any]] = {}
+    fingerprint: dict[str, Any] = {}
+    # One dict of replies per set of fresh processes (--repeat-processes); the first is the run's.
+    passes: list[dict[str, Reply]] = []
     lock = threading.Lock()
     done = 0
     total = len(variants) * options.repeat_processes
 
-    def report(result: dict[str, Any]) -> None:
+    def run_backend(todo: list[Variant], replies: dict[str, Reply]) -> None:
         nonlocal done
-        with lock:
-            results[result["id"]] = result
-            done += 1
-            if options.progress:
-                options.progress(done, total, result["id"])
-
-    def task_of(v: Variant) -> dict[str, Any]:
-        return task_for(v, *arrays[v.case.id], repeat=options.repeat)
-
-    def run_backend(name: str, todo: list[Variant]) -> None:
-        backend = get_backend(name)
-        if not backend.is_installed():
-            for v in todo:
-                report({"id": v.id, "status": "skipped", "error": f"{name} not installed: {backend.install_hint}"})
-            return
-        if options.in_process:
-            try:
-                loaded, hello = _load_backend(name, options.deterministic)
-            except Exception as exc:
-                hello = {"error": f"{name} failed to load: {_one_line(exc)}"}
-            with lock:
-                backend_keys.update(hello.get("fingerprint", {}))
-            for v in todo:
-                if "error" in hello:
-                    report({"id": v.id, "status": "error", "error": hello["error"]})
-                else:
-                    report(execute(loaded, v.case, task_of(v)))
-            return
-        worker = Worker(name, options)
-        hello = worker.start()
-        with lock:
-            backend_keys.update(hello.get("fingerprint", {}))
+        executor = Executor(options.case_paths, deterministic=options.deterministic, timeout=options.timeout,
+                            in_process=options.in_process)
         try:
             for v in todo:
-                report(worker.run(task_of(v)))
+                reply = executor.execute(v, task_for(v, *arrays[v.case.id], repeat=options.repeat))
+                with lock:
+                    replies[v.id] = reply
+                    done += 1
+                    if options.progress:
+                        options.progress(done, total, v.id)
         finally:
-            worker.stop()
+            executor.close()
+            with lock:
+                fingerprint.update(executor.fingerprint)
 
     for _ in range(options.repeat_processes):
-        results = {}
+        replies: dict[str, Reply] = {}
         if options.in_process:
-            for name, todo in by_backend.items():
-                run_backend(name, todo)
+            for todo in by_backend.values():
+                run_backend(todo, replies)
         else:
             # Each pass starts new workers: a fresh interpreter (a new hash seed unless
             # PYTHONHASHSEED is set), new thread pools, a new allocator state.
-            threads = [threading.Thread(target=run_backend, args=(n, t), daemon=True) for n, t in by_backend.items()]
+            threads = [threading.Thread(target=run_backend, args=(todo, replies), daemon=True)
+                       for todo in by_backend.values()]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-        passes.append(results)
+        passes.append(replies)
 
-    environment = dict(sorted(env_mod.merge(env_mod.fingerprint(), backend_keys).items()))
+    environment = dict(sorted(env_mod.merge(env_mod.fingerprint(), fingerprint).items()))
     record = RunRecord(environment=environment, environment_id=env_mod.environment_id(environment),
                        cases=cases, options=_options_json(options))
-    lost = {"status": "error", "error": "no result (worker lost)"}
     for v in variants:
-        per_pass = [p.get(v.id, lost) for p in passes]
+        per_pass = [p.get(v.id) or Reply.failure(v.id, "no result (worker lost)") for p in passes]
         record.variants[v.id] = variant_record(v, merge_process_passes(per_pass) if len(per_pass) > 1 else per_pass[0])
     return record
 
 
-def variant_record(v: Variant, result: Mapping[str, Any]) -> VariantRecord:
-    """The record of one variant from its result dict (from a worker, this process or the plugin)."""
-    outputs = result.get("outputs") or {}
+def variant_record(v: Variant, reply: Reply) -> VariantRecord:
+    """The record of one variant from its reply (from a worker, this process or the plugin)."""
     return VariantRecord(
         id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
-        mode=v.mode, status=result["status"], reference=v.impl.reference, error=result.get("error"),
-        seconds=result.get("seconds"), outputs=outputs,
-        tolerances={name: v.case.tolerance_for(name, v.dtype) for name in outputs},
-        distinct_results=result.get("distinct_results"), repeat_outputs=result.get("repeat_outputs"),
-        info=result.get("info") or {}, repeat=result.get("repeat"), roundtrip=result.get("roundtrip"),
+        mode=v.mode, status=reply.outcome, reference=v.impl.reference, error=reply.error,
+        traceback=reply.traceback, seconds=reply.seconds, outputs=reply.outputs,
+        tolerances={name: v.case.tolerance_for(name, v.dtype) for name in reply.outputs},
+        distinct_results=reply.distinct_results, repeat_outputs=reply.repeat_outputs,
+        info=reply.info, repeat=reply.repeat, roundtrip=reply.roundtrip, log=reply.log,
     )
 
 
-def merge_process_passes(passes: list[dict[str, Any]]) -> dict[str, Any]:
-    """One variant's results from several sets of fresh processes, as one result.
+def merge_process_passes(passes: list[Reply]) -> Reply:
+    """One variant's replies from several sets of fresh processes, as one reply.
 
     The first pass's outputs stand for the variant; ``distinct_results`` counts the distinct
     outputs over every run of every process; ``repeat_outputs`` holds the first that differ from
     the first run's; ``repeat`` keeps each process's run digests (and any process's failure).
     """
-    merged = dict(passes[0])
-    digests = [list(p.get("run_digests") or []) for p in passes]
-    failures = [f"process {i + 1}: {p.get('status')}: {p.get('error')}" for i, p in enumerate(passes)
-                if p.get("status") != merged.get("status")]
-    merged["repeat"] = {"processes": len(passes), "runs": max((len(d) for d in digests), default=0),
-                        "digests": digests, "failures": failures}
-    if merged.get("status") != "ok":
+    first = passes[0]
+    digests = [list(p.run_digests) for p in passes]
+    failures = [f"process {i + 1}: {p.outcome}: {p.error}" for i, p in enumerate(passes)
+                if p.outcome != first.outcome]
+    merged = Reply(**{**vars(first), "repeat": {"processes": len(passes),
+                                                  "runs": max((len(d) for d in digests), default=0),
+                                                  "digests": digests, "failures": failures}})
+    if merged.outcome != Outcome.OK:
         return merged
     every = [d for ds in digests for d in ds]
-    merged["distinct_results"] = len(set(every)) if every else None
-    if merged.get("repeat_outputs") is None:
-        first = every[0] if every else None
-        for p, ds in zip(passes[1:], digests[1:]):
-            if p.get("status") == "ok" and ds and ds[0] != first:
-                merged["repeat_outputs"] = p.get("outputs")
+    merged.distinct_results = len(set(every)) if every else None
+    if merged.repeat_outputs is None:
+        head = every[0] if every else None
+        for p, ds in zip(passes[1:], digests[1:], strict=True):
+            if p.outcome == Outcome.OK and ds and ds[0] != head:
+                merged.repeat_outputs = p.outputs
                 break
     return merged
 

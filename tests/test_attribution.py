@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from detharness import attribution
+from detharness.results import Result, Status
 from detharness.attribution import Environment, attribute, bundle_labels, compare_bundles, separating_keys
 from detharness.record import RunRecord, VariantRecord
 from detharness.report import build, render
@@ -73,7 +74,7 @@ def test_two_causes_read_as_a_disjunction() -> None:
 def test_matrix_cells_show_what_was_compared_before_what_was_skipped() -> None:
     envs = environments("baseline", "omp-1")
     results = [result("omp-1", SOFTMAX, "close", max_ulp=1),
-               {**result("omp-1", SOFTMAX.replace(":cpu:", ":cuda:"), "skipped", output=None)},
+               result("omp-1", SOFTMAX.replace(":cpu:", ":cuda:"), "skipped", output=None),
                result("omp-1", GELU, "skipped", output=None)]
     matrix = attribution.build_matrix(envs, results)
     assert matrix["cases"] == {"models/gelu": {"omp-1": "skipped"}, "models/softmax": {"omp-1": "close"}}
@@ -83,10 +84,10 @@ def test_nothing_separates_environments_alike_in_every_key() -> None:
     assert separating_keys([fp(), fp(numpy__version="2.2.6")], [fp()]) == []
 
 
-def result(label: str, variant: str, status: str, output: str | None = "y", max_ulp: int | None = None) -> dict[str, Any]:
-    return {"check": "environment", "case": variant.split("[")[0], "variant": variant, "output": output,
-            "status": status, "max_ulp": max_ulp if status != "identical" else 0, "candidate_label": label,
-            "baseline_label": "baseline"}
+def result(label: str, variant: str, status: str, output: str | None = "y", max_ulp: int | None = None) -> Result:
+    return Result(check="environment", case=variant.split("[")[0], variant=variant, output=output,
+                  status=Status(status), message="", max_ulp=max_ulp if status != "identical" else 0,
+                  candidate_label=label, baseline_label="baseline")
 
 
 SOFTMAX = "models/softmax[torch:cpu:float32:eager]"
@@ -189,7 +190,7 @@ def test_compare_bundles_builds_matrix_pairs_and_error_attribution() -> None:
     ]
     labels = ["baseline", "aten-default", "numpy-2.2"]
     results, extra = compare_bundles(records, labels, all_pairs=True)
-    assert {(r["candidate_label"], r["variant"], r["status"]) for r in results} == {
+    assert {(r.candidate_label, r.variant, r.status) for r in results} == {
         ("aten-default", SOFTMAX, "close"), ("aten-default", ORT, "identical"),
         ("numpy-2.2", SOFTMAX, "identical"), ("numpy-2.2", ORT, "error")}
     matrix = extra["matrix"]

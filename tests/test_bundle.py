@@ -26,7 +26,6 @@ from detharness.bundle import (
     Bundle,
     BundleWriter,
     atomic_write_text,
-    float_from_json,
     iter_array_refs,
     json_dumps,
     to_jsonable,
@@ -304,8 +303,6 @@ def test_parts_are_written_and_read_back_in_name_order(bundle_dir: Path) -> None
     BundleWriter(bundle_dir).write_part("gw0", {"who": "gw0"})
     (bundle_dir / "parts" / ".gw2.json.0123.tmp").write_text("{half")  # a crashed writer's temp file
     assert BundleWriter(bundle_dir).read_parts() == [{"who": "gw0"}, {"who": "gw1", "loss": "nan"}]
-    BundleWriter(bundle_dir).discard_parts()
-    assert BundleWriter(bundle_dir).read_parts() == []
 
 
 @pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "x" * 129])
@@ -448,10 +445,11 @@ def test_older_schemas_are_migrated(bundle_dir: Path, monkeypatch: pytest.Monkey
 
 
 def test_schema_without_a_migration_is_refused(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    write_bundle(bundle_dir)
-    monkeypatch.setattr(bundle_module, "SCHEMA", 2)
+    write_bundle(bundle_dir)  # at today's SCHEMA, from which no migration leads on yet
+    monkeypatch.setattr(bundle_module, "SCHEMA", SCHEMA + 1)
     assert_refused(
-        bundle_dir, f"bundle {bundle_dir}: schema 1 is too old: this detharness cannot migrate it to schema 2"
+        bundle_dir,
+        f"bundle {bundle_dir}: schema {SCHEMA} is too old: this detharness cannot migrate it to schema {SCHEMA + 1}",
     )
 
 
@@ -735,12 +733,6 @@ def test_to_jsonable_refuses_what_json_cannot_hold() -> None:
         to_jsonable(object())
     with pytest.raises(TypeError, match="JSON object keys must be strings, got tuple"):
         to_jsonable({(1, 2): 3})
-
-
-@pytest.mark.parametrize(("text", "number"), [("inf", float("inf")), ("-inf", float("-inf")), (2, 2.0), (0.5, 0.5)])
-def test_float_from_json(text: Any, number: float) -> None:
-    assert float_from_json(text) == number
-    assert np.isnan(float_from_json("nan"))
 
 
 def test_atomic_write_replaces_whole_files_and_cleans_up_on_failure(

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from detharness.cases import KnownDivergence
-from detharness.checks import RESULT_FIELDS, backend_check, device_check, environment_check, failed, repeat_check, summarize
+from detharness.checks import CHECKS, environment_check
+from detharness.results import FIELDS, failed, summarize
+
+backend_check = CHECKS["backend"].judge
+device_check = CHECKS["device"].judge
+repeat_check = CHECKS["repeat"].judge
 from detharness.record import CaseRecord, RunRecord, VariantRecord
 
 X = np.linspace(-1, 1, 16, dtype=np.float64)
@@ -35,47 +40,47 @@ def _ref() -> VariantRecord:
 
 def test_backend_check_holds_each_variant_against_the_reference() -> None:
     results = backend_check(_record(_ref(), _variant("same"), _variant("off", y=X + 1e-3)))
-    by_impl = {r["variant"]: r for r in results}
+    by_impl = {r.variant: r for r in results}
     assert set(by_impl) == {"demo/case[same:cpu:float32:eager]", "demo/case[off:cpu:float32:eager]"}
     same, off = by_impl["demo/case[same:cpu:float32:eager]"], by_impl["demo/case[off:cpu:float32:eager]"]
     # Equal values but another dtype than the float64 reference: close, never identical (bytes differ).
-    assert same["status"] == "close" and same["reproduce"] is None
-    assert off["status"] == "diverged"
-    assert off["baseline"] == "demo/case[ref:cpu:float64:eager]"
-    assert off["reproduce"] == "detharness run --cases my_cases -k 'demo/case[off:cpu:float32:eager]' --check backend"
-    assert set(RESULT_FIELDS) <= set(off)
+    assert same.status == "close" and same.reproduce is None
+    assert off.status == "diverged"
+    assert off.baseline == "demo/case[ref:cpu:float64:eager]"
+    assert off.reproduce == "detharness run --cases my_cases -k 'demo/case[off:cpu:float32:eager]' --check backend"
+    assert set(FIELDS) == set(off.to_json())
 
 
 def test_backend_check_reports_errors_and_a_failed_reference() -> None:
     results = backend_check(_record(_ref(), _variant("broken", status="error")))
-    assert [(r["status"], r["message"]) for r in results] == [("error", "boom")]
+    assert [(r.status, r.message) for r in results] == [("error", "boom")]
     results = backend_check(_record(_variant("ref", dtype="float64", reference=True, status="error"), _variant("x")))
-    assert results[0]["status"] == "error"
-    assert results[0]["message"] == "reference demo/case[ref:cpu:float64:eager] did not run: boom"
+    assert results[0].status == "error"
+    assert results[0].message == "reference demo/case[ref:cpu:float64:eager] failed: boom"
 
 
 def test_known_divergence_turns_diverged_into_known_and_flags_stale() -> None:
     known = [KnownDivergence("serving rounds differently", variants="*[off:*")]
     results = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), known=known))
-    assert results[0]["status"] == "known"
-    assert results[0]["underlying_status"] == "diverged"
-    assert results[0]["known_reason"] == "serving rounds differently"
+    assert results[0].status == "known"
+    assert results[0].underlying_status == "diverged"
+    assert results[0].known_reason == "serving rounds differently"
     stale = backend_check(_record(_ref(), _variant("off"), known=known))
-    assert stale[0]["status"] == "close"
-    assert stale[0]["stale_known"] == "serving rounds differently"
+    assert stale[0].status == "close"
+    assert stale[0].stale_known == "serving rounds differently"
 
 
 def test_known_divergence_limited_to_an_environment_no_longer_applies_elsewhere() -> None:
     known = [KnownDivergence("old numpy", variants="*", when={"numpy.version": "2.2.*"})]
     results = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), known=known, env={"numpy.version": "2.4.6"}))
-    assert results[0]["status"] == "diverged"
+    assert results[0].status == "diverged"
 
 
 def test_device_check_pairs_cuda_with_cpu() -> None:
     results = device_check(_record(_variant("t"), _variant("t", device="cuda", y=X + 1e-2)))
     assert len(results) == 1
-    assert results[0]["status"] == "diverged"
-    assert results[0]["baseline"] == "demo/case[t:cpu:float32:eager]"
+    assert results[0].status == "diverged"
+    assert results[0].baseline == "demo/case[t:cpu:float32:eager]"
 
 
 def test_repeat_check_counts_distinct_results() -> None:
@@ -83,36 +88,36 @@ def test_repeat_check_counts_distinct_results() -> None:
     flaky = _variant("f", distinct_results=3, repeat_outputs={"y": (X + 1e-3).astype("float32")})
     record = _record(steady, flaky)
     record.options["repeat"] = 5
-    results = {r["variant"]: r for r in repeat_check(record)}
-    assert results["demo/case[s:cpu:float32:eager]"]["status"] == "identical"
+    results = {r.variant: r for r in repeat_check(record)}
+    assert results["demo/case[s:cpu:float32:eager]"].status == "identical"
     bad = results["demo/case[f:cpu:float32:eager]"]
-    assert bad["status"] == "diverged" and bad["distinct_results"] == 3
-    assert bad["message"].startswith("5 runs gave 3 distinct results (not bitwise reproducible)")
+    assert bad.status == "diverged" and bad.distinct_results == 3
+    assert bad.message.startswith("5 runs gave 3 distinct results (not bitwise reproducible)")
 
 
 def test_environment_check_pairs_variants_and_shows_the_environment_diff() -> None:
     base = _record(_ref(), _variant("t"), _variant("gone"))
     cand = _record(_ref(), _variant("t", y=X + 1e-2), _variant("new"), env={"numpy.version": "2.2.6"})
-    results = {r["variant"]: r for r in environment_check(base, cand)}
-    assert results["demo/case[t:cpu:float32:eager]"]["status"] == "diverged"
-    assert results["demo/case[t:cpu:float32:eager]"]["env_diff"] == {"numpy.version": ["2.4.6", "2.2.6"]}
-    assert results["demo/case[gone:cpu:float32:eager]"]["status"] == "missing"
-    assert results["demo/case[new:cpu:float32:eager]"]["message"] == "only in the candidate bundle"
-    assert results["demo/case[ref:cpu:float64:eager]"]["status"] == "identical"
+    results = {r.variant: r for r in environment_check(base, cand)}
+    assert results["demo/case[t:cpu:float32:eager]"].status == "diverged"
+    assert results["demo/case[t:cpu:float32:eager]"].env_diff == {"numpy.version": ["2.4.6", "2.2.6"]}
+    assert results["demo/case[gone:cpu:float32:eager]"].status == "missing"
+    assert results["demo/case[new:cpu:float32:eager]"].message == "only in the candidate bundle"
+    assert results["demo/case[ref:cpu:float64:eager]"].status == "identical"
 
 
 def test_environment_check_refuses_to_compare_different_inputs() -> None:
     results = environment_check(_record(_variant("t")), _record(_variant("t"), inputs_digest="other"))
-    assert results[0]["status"] == "mismatch"
-    assert results[0]["message"].startswith("mismatch: inputs differ")
+    assert results[0].status == "mismatch"
+    assert results[0].message.startswith("mismatch: inputs differ")
 
 
 def test_match_device_any_holds_cuda_against_cpu() -> None:
     gpu = _record(_variant("t", device="cuda", y=X + 1e-2))
     cpu = _record(_variant("t"))
-    assert {r["status"] for r in environment_check(cpu, gpu)} == {"missing"}
+    assert {r.status for r in environment_check(cpu, gpu)} == {"missing"}
     results = environment_check(cpu, gpu, match_device="any")
-    assert [(r["variant"], r["status"]) for r in results] == [("demo/case[t:cuda:float32:eager]", "diverged")]
+    assert [(r.variant, r.status) for r in results] == [("demo/case[t:cuda:float32:eager]", "diverged")]
 
 
 def test_environment_check_keyword_matches_tags_as_run_does() -> None:
@@ -120,7 +125,7 @@ def test_environment_check_keyword_matches_tags_as_run_does() -> None:
     base, cand = _record(_variant("t")), _record(_variant("t"))
     for record in (base, cand):
         record.cases["demo/case"].tags = ["skew"]
-    assert [r["variant"] for r in environment_check(base, cand, keyword="skew and numpy")] == \
+    assert [r.variant for r in environment_check(base, cand, keyword="skew and numpy")] == \
         ["demo/case[t:cpu:float32:eager]"]
     assert environment_check(base, cand, keyword="not skew") == []
 

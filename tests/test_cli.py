@@ -124,3 +124,128 @@ def test_case_file_that_raises_exits_2_naming_file_and_error(tmp_path: Path) -> 
     assert result.returncode == 2
     assert result.stderr == f"detharness: error: case file {bad} failed to import (line 1): ImportError: pandas is not installed\n"
     assert not (tmp_path / "out").exists()
+
+
+NAMED_INPUTS = """
+    import numpy as np
+    import warnings
+
+    from detharness import case
+
+    c = case("named/subtract", inputs=lambda rng: {"b": np.full(4, 3.0, "float32"), "a": np.full(4, 11.0, "float32")})
+
+    @c.impl("training", backend="numpy", reference=True)
+    def _(a, b):
+        return {"y": a - b}
+
+    @c.impl("serving", backend="numpy")
+    def _(b, a):  # another order than the case's dict: inputs are matched by name
+        print("serving says hello")
+        warnings.warn("serving is deprecated", DeprecationWarning)
+        return {"y": a - b}
+
+    @c.impl("context", backend="numpy")
+    def _(a, b, ctx):
+        assert ctx.dtype == "float32" and ctx.device == "cpu", ctx
+        return {"y": (a - b).astype(ctx.dtype)}
+
+    r = case("named/raises", inputs=lambda rng: {"x": np.ones((2, 3), "float32")})
+
+    @r.impl("ref", backend="numpy", reference=True)
+    def _(x):
+        return {"y": x * 2}
+
+    @r.impl("broken", backend="numpy")
+    def _(x):
+        return {"y": x.reshape(5)}
+"""
+
+
+def test_inputs_bind_by_name_whatever_their_order(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "mine", NAMED_INPUTS)
+    done = run_cli("run", "--cases", str(cases), "-k", "subtract", "--format", "json", "--out", str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)  # a case's prints do not reach detharness's stdout
+    statuses = {r["variant"]: r["status"] for r in data["results"]}
+    assert statuses == {"named/subtract[serving:cpu:float32:eager]": "identical",
+                        "named/subtract[context:cpu:float32:eager]": "identical"}
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    log = manifest["variants"]["named/subtract[serving:cpu:float32:eager]"]["log"]
+    assert log["stdout"] == "serving says hello\n"
+    assert any("DeprecationWarning: serving is deprecated" in w for w in log["warnings"])
+
+
+@pytest.mark.parametrize(("signature", "named"), [
+    ("def _(a):", "does not take b"),
+    ("def _(a, b, c):", "takes c, which the case does not give"),
+    ("def _(a, params):", "params (the case has no params=)"),
+])
+def test_a_missing_or_extra_parameter_fails_at_discovery(tmp_path: Path, signature: str, named: str) -> None:
+    cases = write_cases(tmp_path / "mine", f"""
+        import numpy as np
+        from detharness import case
+
+        c = case("named/bad", inputs=lambda rng: {{"a": np.ones(2), "b": np.ones(2)}})
+
+        @c.impl("one", backend="numpy", reference=True)
+        {signature}
+            return {{"y": a}}
+    """)
+    done = run_cli("run", "--cases", str(cases), "--out", str(tmp_path / "b"))
+    assert done.returncode == 2
+    line = done.stderr.strip()
+    assert "\n" not in line and named in line
+    assert f"case named/bad: implementation 'one' ({cases}:7)" in line
+    assert "the case's inputs are: a, b" in line
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_input_may_not_take_a_reserved_name(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "mine", """
+        import numpy as np
+        from detharness import case
+
+        c = case("named/reserved", inputs=lambda rng: {"ctx": np.ones(2)})
+
+        @c.impl("one", backend="numpy", reference=True)
+        def _(ctx):
+            return {"y": ctx}
+    """)
+    done = run_cli("run", "--cases", str(cases))
+    assert done.returncode == 2 and "no input may be called 'ctx'" in done.stderr
+
+
+def test_a_failing_implementation_gives_one_error_with_its_traceback(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "mine", NAMED_INPUTS)
+    done = run_cli("run", "--cases", str(cases), "-k", "raises", "--format", "json")
+    assert done.returncode == 1, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert [(r["check"], r["status"]) for r in results] == [("backend", "error")]
+    error = results[0]
+    assert error["message"] == "ValueError: cannot reshape array of size 6 into shape (5,)"
+    assert f'File "{cases}", line 32, in _' in error["traceback"]
+    assert "detharness/runner.py" not in error["traceback"]  # the harness's own frames are trimmed
+    text = run_cli("run", "--cases", str(cases), "-k", "raises")
+    assert f'File "{cases}", line 32, in _' in text.stdout
+
+
+def test_a_failed_reference_is_named_in_every_result_it_costs(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "mine", """
+        import numpy as np
+        from detharness import case
+
+        c = case("named/noref", inputs=lambda rng: {"x": np.ones(3)})
+
+        @c.impl("ref", backend="numpy", reference=True, dtypes=("float64",))
+        def _(x):
+            raise RuntimeError("reference broke")
+
+        @c.impl("a", backend="numpy")
+        def _(x):
+            return {"y": x}
+    """)
+    done = run_cli("run", "--cases", str(cases), "--format", "json")
+    results = json.loads(done.stdout)["results"]
+    assert [(r["status"], r["message"]) for r in results] == [
+        ("error", "reference named/noref[ref:cpu:float64:eager] failed: RuntimeError: reference broke")]
+    assert "reference broke" in results[0]["traceback"]

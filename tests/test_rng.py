@@ -153,22 +153,22 @@ def test_a_cuda_stream_against_the_cpu_stream_is_known_but_a_changed_cuda_stream
     cpu = np.random.default_rng(0).standard_normal(100).astype(np.float32)
     cuda = np.random.default_rng(1).standard_normal(100).astype(np.float32)
     record = _stream_record(cpu, cuda, {"torch.version": "2.13"})
-    by_baseline = {r["baseline"]: r for r in checks.rng_check(record)}
+    by_baseline = {r.baseline: r for r in checks.CHECKS["rng"].judge(record)}
     against_cpu = by_baseline["rng/t[gen:cpu:float32:eager]"]
-    assert against_cpu["status"] == "known" and against_cpu["underlying_status"] == "diverged"
-    assert against_cpu["known_reason"] == "the CUDA generator is another algorithm (pytorch#79496)"
-    assert "stream parts from the CPU stream's at index 0" in against_cpu["message"]
-    assert by_baseline["rng/t[gen:cuda:float32:eager] draw 1"]["status"] == "identical"
+    assert against_cpu.status == "known" and against_cpu.underlying_status == "diverged"
+    assert against_cpu.known_reason == "the CUDA generator is another algorithm (pytorch#79496)"
+    assert "stream parts from the CPU stream's at index 0" in against_cpu.message
+    assert by_baseline["rng/t[gen:cuda:float32:eager] draw 1"].status == "identical"
 
     later = cuda.copy()
     later[40:] += 1
     newer = _stream_record(cpu, later, {"torch.version": "2.14"})
-    across = {r["variant"]: r for r in checks.environment_check(record, newer)}
+    across = {r.variant: r for r in checks.environment_check(record, newer)}
     cuda_result = across["rng/t[gen:cuda:float32:eager]"]
-    assert (cuda_result["check"], cuda_result["status"]) == ("rng", "diverged")
-    assert cuda_result["first_mismatch_index"] == [40]
-    assert cuda_result["env_diff"] == {"torch.version": ["2.13", "2.14"]}
-    assert across["rng/t[gen:cpu:float32:eager]"]["status"] == "identical"
+    assert (cuda_result.check, cuda_result.status) == ("rng", "diverged")
+    assert cuda_result.first_mismatch_index == [40]
+    assert cuda_result.env_diff == {"torch.version": ["2.13", "2.14"]}
+    assert across["rng/t[gen:cpu:float32:eager]"].status == "identical"
 
 
 def test_builtin_rng_cases_declare_kind_and_tag() -> None:

@@ -9,6 +9,7 @@ import pytest
 from detharness.backends import Backend, register_backend
 from detharness.cases import discover
 from detharness.cli import main
+from detharness.results import Outcome, Task
 from detharness.runner import RunOptions, Worker, run, select_variants
 from tests.conftest import write_cases
 
@@ -25,10 +26,12 @@ def test_selection_by_keyword_tag_backend_and_device(small_cases: Path) -> None:
 
 def test_the_reference_is_added_only_when_the_backend_check_is_asked_for(small_cases: Path) -> None:
     """RunOptions.checks: variants no chosen check looks at are not run; only the backend check reads the reference."""
-    options = dict(case_paths=[str(small_cases)], keyword="softmax and torch", device="cpu", in_process=True)
+    options = dict(case_paths=[str(small_cases)], keyword="softmax and torch", in_process=True)
+    # The device check judges the CUDA variant and needs its CPU twin; no reference.
     device_only = run(RunOptions(checks=["device"], **options))  # type: ignore[arg-type]
-    assert sorted(device_only.variants) == ["small/softmax[torch:cpu:float32:eager]"]
-    backend = run(RunOptions(checks=["backend"], **options))  # type: ignore[arg-type]
+    assert sorted(device_only.variants) == ["small/softmax[torch:cpu:float32:eager]",
+                                            "small/softmax[torch:cuda:float32:eager]"]
+    backend = run(RunOptions(checks=["backend"], device="cpu", **options))  # type: ignore[arg-type]
     assert sorted(backend.variants) == ["small/softmax[numpy:cpu:float64:eager]", "small/softmax[torch:cpu:float32:eager]"]
 
 
@@ -61,15 +64,15 @@ def test_a_worker_that_cannot_start_is_not_started_again_for_each_variant(tmp_pa
         def _(x):
             return {{"y": x}}
     """)
-    worker = Worker("numpy", RunOptions(case_paths=[str(tmp_path / "cases")]))
-    assert "not in a worker" in worker.start()["error"]
+    worker = Worker("numpy", [str(tmp_path / "cases")], deterministic=False, timeout=60)
+    assert "not in a worker" in (worker.start().error or "")
     assert worker.process is not None
     worker.process.join(30)  # gone, as it may already be when the runner hands it the first variant
-    task = {"id": "w/fails[a:cpu:float32:eager]", "case": "w/fails", "impl": "a", "device": "cpu",
-            "dtype": "float32", "mode": "eager", "inputs": {}, "params": {}}
+    task = Task(id="w/fails[a:cpu:float32:eager]", case="w/fails", impl="a", device="cpu", dtype="float32",
+                mode="eager", repeat=1, inputs={}, params={})
     for _ in range(2):
-        result = worker.run(task)
-        assert result["status"] == "error" and "not in a worker" in result["error"]
+        reply = worker.run(task)
+        assert reply.outcome == Outcome.ERROR and "not in a worker" in (reply.error or "")
     worker.stop()
     assert starts.read_text().splitlines() == ["start"]
 

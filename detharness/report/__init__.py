@@ -1,39 +1,72 @@
 """Reports of results: text for terminals and logs, markdown for job summaries, JSON for scripts.
 
-A report is built once as a plain dict (:func:`build`) with DESIGN.md's JSON schema; every format
-renders that dict, so the three never disagree.
+A report is built once as a plain JSON-safe dict (:func:`build`) from typed
+:class:`~detharness.results.Result` objects; every format renders that dict, so they never
+disagree, and a stored JSON report renders again.
+
+The text and markdown reports are a list of :class:`Section` objects (:data:`SECTIONS`): a feature
+that adds to the reports registers a section with :func:`register_section` instead of editing the
+renderers. Each section renders the report dict to lines, or to nothing where it has nothing to say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from detharness.bundle import atomic_write_text
-from detharness.checks import summarize
-from detharness.compare import Status
 from detharness.errors import UsageError
-from detharness.report import json_report, markdown, text
+from detharness.results import Result, summarize
 
-REPORT_SCHEMA = 1
-FORMATS = {"text": text.render, "md": markdown.render, "json": json_report.render}
-EXTENSIONS = {".md": "md", ".json": "json", ".txt": "text"}
+REPORT_SCHEMA = 2
+
+Renderer = Callable[[Mapping[str, Any]], list[str]]
 
 
-def order(results: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+@dataclass(frozen=True)
+class Section:
+    """One part of a text or markdown report: a name and what it renders from the report dict."""
+
+    name: str
+    render: Renderer
+
+
+#: The sections of the text and the markdown report, in order; see :func:`register_section`.
+SECTIONS: dict[str, list[Section]] = {"text": [], "md": []}
+
+
+def register_section(fmt: str, section: Section, *, before: str | None = None) -> Section:
+    """Add ``section`` to format ``fmt``'s report (replacing one of the same name), at the end or
+    before the section named ``before``."""
+    sections = SECTIONS[fmt]
+    sections[:] = [s for s in sections if s.name != section.name]
+    names = [s.name for s in sections]
+    sections.insert(names.index(before) if before in names else len(sections), section)
+    return section
+
+
+def render_sections(fmt: str, report: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for section in SECTIONS[fmt]:
+        lines += section.render(report)
+    return lines
+
+
+def order(results: Sequence[Result]) -> list[Result]:
     """Failures first (worst status first), then by variant id, check and output."""
-    return sorted(results, key=lambda r: (-Status(r["status"]).severity, r["variant"] or "", r["check"], r["output"] or ""))
+    return sorted(results, key=lambda r: (-r.status.severity, r.variant or "", r.check, r.output or ""))
 
 
-def build(results: Sequence[Mapping[str, Any]], environments: Mapping[str, Mapping[str, Any]], *,
+def build(results: Sequence[Result], environments: Mapping[str, Mapping[str, Any]], *,
           title: str, seconds: float | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "title": title,
         "summary": summarize(results),
         "environments": {k: dict(v) for k, v in environments.items()},
-        "results": order(results),
+        "results": [r.to_json() for r in order(results)],
     }
     if seconds is not None:
         report["seconds"] = round(seconds, 3)
@@ -41,11 +74,20 @@ def build(results: Sequence[Mapping[str, Any]], environments: Mapping[str, Mappi
     return report
 
 
+def _formats() -> dict[str, Callable[[Mapping[str, Any]], str]]:
+    from detharness.report import json_report, markdown, text
+
+    return {"text": text.render, "md": markdown.render, "json": json_report.render}
+
+
+EXTENSIONS = {".md": "md", ".json": "json", ".txt": "text"}
+
+
 def render(report: Mapping[str, Any], fmt: str) -> str:
-    try:
-        return FORMATS[fmt](report)
-    except KeyError:
-        raise UsageError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}") from None
+    formats = _formats()
+    if fmt not in formats:
+        raise UsageError(f"unknown format {fmt!r}: choose from {', '.join(formats)}")
+    return formats[fmt](report)
 
 
 def format_for_path(path: str) -> str:
@@ -59,3 +101,10 @@ def write(report: Mapping[str, Any], path: str) -> None:
     """Write a report in the format its extension names, atomically, making its folder if needed."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, render(report, format_for_path(path)))
+
+
+from detharness.report import sections as _sections  # noqa: E402  (registers the built-in sections)
+
+__all__ = ["EXTENSIONS", "REPORT_SCHEMA", "SECTIONS", "Section", "build", "format_for_path", "order",
+           "register_section", "render", "render_sections", "write"]
+del _sections

@@ -1,4 +1,4 @@
-"""JSON report: DESIGN.md's schema, with non-finite numbers written as strings."""
+"""JSON report: every result with every field (null where it does not apply), non-finite numbers as strings."""
 
 from __future__ import annotations
 

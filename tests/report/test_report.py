@@ -11,13 +11,15 @@ import pytest
 from detharness import report
 from detharness.checks import new_result
 from detharness.errors import UsageError
+from detharness.report import Section, register_section
+from detharness.results import FIELDS, Result
 
 
-def _results() -> list[dict]:
+def _results() -> list[Result]:
     ok = new_result("backend", "a/b", "a/b[t:cpu:float32:eager]", "identical", "same bytes", output="y")
     bad = new_result("backend", "a/b", "a/b[u:cpu:float32:eager]", "diverged", "DIVERGED | Output: 'y' | big\n  details",
-                     output="y", reproduce="detharness run -k 'a/b[u:cpu:float32:eager]'")
-    bad.update(max_ulp=12, max_abs=math.inf, max_scaled=float("nan"))
+                     output="y", reproduce="detharness run -k 'a/b[u:cpu:float32:eager]'", max_ulp=12,
+                     max_abs=math.inf, max_scaled=float("nan"))
     skip = new_result("backend", "a/b", "a/b[t:cuda:float32:eager]", "skipped", "no cuda device seen by torch")
     return [ok, skip, bad]
 
@@ -44,8 +46,10 @@ def test_text_report_table_details_and_summary_last() -> None:
 
 def test_json_report_writes_non_finite_numbers_as_strings() -> None:
     data = json.loads(report.render(_report(), "json"))
-    assert data["schema"] == 1
+    assert data["schema"] == 2
     bad = data["results"][0]
+    assert list(bad) == list(FIELDS)  # every field in every result, null where it does not apply
+    assert bad["traceback"] is None and bad["accuracy"] is None
     assert bad["max_abs"] == "inf" and bad["max_scaled"] == "nan"
     assert data["environments"] == {"e" * 64: {"torch.version": "2.13.0"}}
 
@@ -63,3 +67,26 @@ def test_report_file_format_follows_the_extension(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "deep" / "r.json").read_text())["title"] == "detharness run"
     with pytest.raises(UsageError, match="unknown extension '.html'"):
         report.write(_report(), str(tmp_path / "r.html"))
+
+
+def test_an_error_shows_the_last_lines_of_its_traceback_and_markdown_folds_all_of_it() -> None:
+    tb = "Traceback (most recent call last):\n" + "".join(f'  File "f{i}.py", line {i}, in g\n' for i in range(9))
+    tb += '  File "my_cases/scale.py", line 12, in _\n    return x.reshape(5)\nValueError: cannot reshape\n'
+    err = new_result("backend", "a/b", "a/b[u:cpu:float32:eager]", "error", "ValueError: cannot reshape",
+                     traceback=tb)
+    built = report.build([err], {}, title="t")
+    text = report.render(built, "text")
+    assert 'File "my_cases/scale.py", line 12, in _' in text and 'File "f0.py"' not in text
+    md = report.render(built, "md")
+    assert "<details><summary>Traceback</summary>" in md and 'File "f0.py"' in md
+    assert json.loads(report.render(built, "json"))["results"][0]["traceback"] == tb
+
+
+def test_a_registered_section_renders_in_its_place() -> None:
+    section = Section("demo", lambda rep: [f"demo section: {len(rep['results'])} results"])
+    register_section("text", section, before="skipped")
+    try:
+        text = report.render(_report(), "text")
+        assert text.index("demo section: 3 results") < text.index("skipped:")
+    finally:
+        report.SECTIONS["text"].remove(section)

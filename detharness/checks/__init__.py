@@ -1,0 +1,88 @@
+"""The kinds of comparison, each one module behind the :class:`~detharness.checks.base.Check` protocol.
+
+- ``backend``: every implementation against its case's reference (an implementation or stored
+  outputs);
+- ``device``: a CUDA variant against the same variant on the CPU;
+- ``repeat``: a variant run N times (``--repeat``), or in N fresh processes
+  (``--repeat-processes``), whose outputs must be bitwise identical;
+- ``rng``: an rng case's streams: reseeding must reproduce each stream; a device's stream is held
+  against the CPU's; across bundles every stream must be the baseline's, bit for bit;
+- ``roundtrip``: a round-trip variant's outputs after a save and a load against its outputs
+  before, and the sha256 of every parameter before against after;
+- ``environment``: a bundle against a baseline bundle, variant by variant.
+
+A new check is one new module and one line in :data:`CHECKS`: the runner (which variants to run),
+the CLI (``--check`` choices) and the pytest plugin (which items to make) derive from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from detharness.checks.backend import BackendCheck
+from detharness.checks.base import Check, Plan, new_result, reproduce_run
+from detharness.checks.device import DeviceCheck
+from detharness.checks.environment import EnvironmentCheck, environment_check, pair_variants, record_keywords
+from detharness.checks.repeat import RepeatCheck
+from detharness.checks.rng import RngCheck
+from detharness.checks.roundtrip import RoundtripCheck
+from detharness.results import Result
+
+if TYPE_CHECKING:
+    from detharness.cases import Variant
+    from detharness.record import RunRecord
+
+#: Every check, in the order their results are produced.
+CHECKS: dict[str, Check] = {c.name: c for c in (BackendCheck(), DeviceCheck(), RepeatCheck(), RngCheck(),
+                                                 RoundtripCheck(), EnvironmentCheck())}
+#: The checks ``detharness run`` can run (``--check`` choices).
+RUN_CHECKS: tuple[str, ...] = tuple(name for name, c in CHECKS.items() if c.in_run)
+
+
+def checks_for(v: Variant, plan: Plan, names: Iterable[str] | None = None) -> list[str]:
+    """The checks (of ``names``, default all) that judge variant ``v``."""
+    wanted = CHECKS if names is None else {n: CHECKS[n] for n in names}
+    return [name for name, c in wanted.items() if c.applies(v, plan)]
+
+
+def needed(variants: Sequence[Variant], plan: Plan, names: Iterable[str] | None = None) -> list[Variant]:
+    """``variants`` plus what the checks that judge them need run (references, CPU twins), once each."""
+    chosen = list(names) if names is not None else list(CHECKS)
+    have = {v.id for v in variants}
+    out = list(variants)
+    for v in variants:
+        for name in checks_for(v, plan, chosen):
+            for extra in CHECKS[name].needs(v):
+                if extra.id not in have:
+                    have.add(extra.id)
+                    out.append(extra)
+    return out
+
+
+def run_checks(record: RunRecord, names: Sequence[str] | None = None, only: Iterable[str] | None = None,
+               baseline: RunRecord | None = None) -> list[Result]:
+    """The results of the checks ``names`` (default: every check ``run`` runs) on ``record``."""
+    results: list[Result] = []
+    chosen = set(names or RUN_CHECKS)
+    ids = list(only) if only is not None else None
+    for name, check in CHECKS.items():
+        if name in chosen:
+            results += check.judge(record, ids, baseline)
+    return results
+
+
+__all__ = [
+    "CHECKS",
+    "RUN_CHECKS",
+    "Check",
+    "Plan",
+    "checks_for",
+    "environment_check",
+    "needed",
+    "new_result",
+    "pair_variants",
+    "record_keywords",
+    "reproduce_run",
+    "run_checks",
+]

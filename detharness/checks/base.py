@@ -1,0 +1,149 @@
+"""The check protocol and the pieces every check shares.
+
+A check is one kind of comparison. It answers three questions, and the runner, the CLI and the
+pytest plugin derive everything from those answers instead of keeping lists of their own:
+
+- :meth:`Check.applies`: does this check judge this declared variant (given what was asked)?
+- :meth:`Check.needs`: which other variants must run for it (a reference, a CPU twin)?
+- :meth:`Check.judge`: turn recorded variants into :class:`~detharness.results.Result` objects.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from detharness.compare import Status, Verdict
+from detharness.results import FIELDS, Outcome, Result
+
+if TYPE_CHECKING:
+    from detharness.cases import Variant
+    from detharness.record import CaseRecord, RunRecord, VariantRecord
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the user asked for that changes which checks apply."""
+
+    #: Runs repeated (``--repeat N`` or ``--repeat-processes N`` with N > 1): the repeat check applies.
+    repeating: bool = False
+    #: A baseline bundle to hold every variant against: the environment check applies.
+    baseline: RunRecord | None = None
+
+
+class Check(Protocol):
+    #: The name ``--check`` and the results use.
+    name: ClassVar[str]
+    #: Whether ``detharness run`` runs it (the environment check needs a second bundle).
+    in_run: ClassVar[bool]
+
+    def applies(self, v: Variant, plan: Plan) -> bool:
+        """Whether this check judges variant ``v``."""
+        ...
+
+    def needs(self, v: Variant) -> list[Variant]:
+        """Other variants that must run for ``v`` to be judged."""
+        ...
+
+    def judge(self, record: RunRecord, only: Iterable[str] | None = None,
+              baseline: RunRecord | None = None) -> list[Result]:
+        """Results for the variants of ``record`` (only those in ``only``, if given)."""
+        ...
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+
+
+def new_result(check: str, case: str, variant: str, status: Status | str, message: str, **fields: Any) -> Result:
+    return Result(check=check, case=case, variant=variant, status=Status(status), message=message, **fields)
+
+
+def tolerance_map(v: VariantRecord) -> dict[str, str] | None:
+    chosen = {name: tol for name, tol in v.tolerances.items() if tol}
+    return chosen or None
+
+
+def verdict_results(check: str, case: str, variant: str, verdict: Verdict, *, baseline: str | None,
+                    candidate: str | None, reproduce: str | None,
+                    env_diff: Mapping[str, Any] | None = None) -> list[Result]:
+    """One result per output of a (possibly multi-output) verdict."""
+    per_output = verdict.outputs or {verdict.output or "y": verdict}
+    results = []
+    own = {"check", "case", "variant", "output", "baseline", "candidate", "status", "message", "env_diff",
+           "reproduce", "underlying_status"}
+    for name, v in per_output.items():
+        stats = {k: value for k, value in v.to_json().items() if k in FIELDS and k not in own}
+        results.append(Result(check=check, case=case, variant=variant, status=v.status, message=v.message,
+                              output=name, baseline=baseline, candidate=candidate, env_diff=dict(env_diff or {}),
+                              reproduce=None if v.status.passed else reproduce, **stats))
+    return results
+
+
+def apply_known(result: Result, case: CaseRecord | None, environment: Mapping[str, Any]) -> Result:
+    """A failing result covered by a declared known divergence becomes ``known``; a passing one
+    that a declared divergence covers is flagged stale."""
+    if case is None:
+        return result
+    known = case.known_for(result.variant, result.check, environment, result.baseline)
+    if known is None:
+        return result
+    if result.status in (Status.DIVERGED, Status.MISMATCH):
+        return result.replace(status=Status.KNOWN, underlying_status=result.status, known_reason=known.reason,
+                              message=f"known divergence ({known.reason}); underlying: {result.status}\n"
+                                      f"{result.message}")
+    if result.status.passed:
+        return result.replace(stale_known=known.reason,
+                              message=f"declared known divergence no longer happens (stale): {known.reason}")
+    return result
+
+
+def not_ok(check: str, v: VariantRecord, baseline: str | None, reproduce: str | None,
+           candidate: str | None = None) -> Result:
+    """The result for a variant that did not run: ``skipped`` with its reason, or ``error`` with its traceback."""
+    if v.status == Outcome.SKIPPED:
+        return new_result(check, v.case, v.id, Status.SKIPPED, v.error or "skipped", baseline=baseline,
+                          candidate=candidate or v.id)
+    return new_result(check, v.case, v.id, Status.ERROR, v.error or "error", baseline=baseline,
+                      candidate=candidate or v.id, reproduce=reproduce, traceback=v.traceback)
+
+
+def reference_failed(check: str, candidate: VariantRecord, ref: VariantRecord, reproduce: str | None) -> Result:
+    """A comparison against a reference (or a CPU twin) that did not run."""
+    if ref.status == Outcome.SKIPPED:
+        return new_result(check, candidate.case, candidate.id, Status.SKIPPED,
+                          f"reference {ref.id} did not run: {ref.error}", baseline=ref.id, candidate=candidate.id)
+    return new_result(check, candidate.case, candidate.id, Status.ERROR, f"reference {ref.id} failed: {ref.error}",
+                      baseline=ref.id, candidate=candidate.id, reproduce=reproduce, traceback=ref.traceback)
+
+
+def selected(record: RunRecord, only: Iterable[str] | None) -> list[VariantRecord]:
+    if only is None:
+        return list(record.variants.values())
+    return [record.variants[i] for i in only if i in record.variants]
+
+
+def case_kind(record: RunRecord, v: VariantRecord) -> str:
+    case = record.cases.get(v.case)
+    return case.kind if case is not None else "compute"
+
+
+def reproduce_run(record: RunRecord, variant: str, check: str) -> str:
+    """The command line that runs this one variant's check again in this environment."""
+    opts = record.options
+    parts = ["detharness", "run"]
+    for path in opts.get("cases") or []:
+        parts += ["--cases", path]
+    parts += ["-k", variant, "--check", check]
+    if check == "repeat":
+        processes = int(opts.get("repeat_processes") or 1)
+        if processes > 1:
+            parts += ["--repeat-processes", str(processes)]
+        if processes == 1 or int(opts.get("repeat") or 1) > 1:
+            parts += ["--repeat", str(max(2, int(opts.get("repeat") or 2)))]
+    if opts.get("deterministic"):
+        parts.append("--deterministic")
+    if opts.get("inputs_from"):
+        parts += ["--inputs-from", opts["inputs_from"]]
+    return shlex.join(parts)

@@ -1,0 +1,54 @@
+"""``device``: a CUDA variant against the same variant on the CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+from detharness.cases import Variant, variant_id
+from detharness.checks.backend import judges
+from detharness.checks.base import (Plan, apply_known, case_kind, not_ok, reference_failed, reproduce_run,
+                                    selected, tolerance_map, verdict_results)
+from detharness.compare import compare
+from detharness.results import Outcome, Result
+
+if TYPE_CHECKING:
+    from detharness.record import RunRecord
+
+
+def cpu_twin(v: Variant) -> Variant:
+    """The same implementation, dtype and mode on the CPU: what a device's outputs are held against."""
+    return Variant(v.case, v.impl, "cpu", v.dtype, v.mode)
+
+
+class DeviceCheck:
+    name: ClassVar[str] = "device"
+    in_run: ClassVar[bool] = True
+
+    def applies(self, v: Variant, plan: Plan) -> bool:
+        return v.device != "cpu" and judges(v.case.kind, v.mode)
+
+    def needs(self, v: Variant) -> list[Variant]:
+        return [cpu_twin(v)] if v.device != "cpu" else []
+
+    def judge(self, record: RunRecord, only: Iterable[str] | None = None,
+              baseline: RunRecord | None = None) -> list[Result]:
+        results: list[Result] = []
+        for v in selected(record, only):
+            if v.device == "cpu" or v.status == Outcome.SKIPPED or not judges(case_kind(record, v), v.mode):
+                continue
+            cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
+            if cpu is None or cpu.status == Outcome.SKIPPED:
+                continue
+            reproduce = reproduce_run(record, f"{v.case}[{v.impl}:", self.name)
+            if v.status != Outcome.OK:
+                results.append(not_ok(self.name, v, cpu.id, reproduce))
+                continue
+            if cpu.status != Outcome.OK:
+                results.append(reference_failed(self.name, v, cpu, reproduce))
+                continue
+            verdict = compare(dict(cpu.outputs), dict(v.outputs), tolerance=tolerance_map(v))
+            for result in verdict_results(self.name, v.case, v.id, verdict, baseline=cpu.id, candidate=v.id,
+                                          reproduce=reproduce):
+                results.append(apply_known(result, record.cases.get(v.case), record.environment))
+        return results
