@@ -18,7 +18,7 @@ skew...) and per backend, and where the time goes:
 - comparison: the backend, device and repeat checks, timed group by group.
 
 The runner records no prepare time of its own, so this script wraps ``Backend.prepare``,
-``runner.execute``, ``runner._load_backend`` and ``runner.discover`` when it is imported. Workers
+``runner.execute``, ``runner.load_backend`` and ``runner.discover`` when it is imported. Workers
 are started with ``spawn``, which imports the main script again in each worker (as
 ``__mp_main__``), so the wrappers are in force there too and report through the variants' ``info``
 and the worker's hello message. Nothing in detharness is edited.
@@ -67,9 +67,9 @@ def install_timers() -> None:
 
     original_prepare = base.Backend.prepare
 
-    def prepare(self: Any, obj: Any, **kwargs: Any) -> Any:
+    def prepare(self: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
-        call = original_prepare(self, obj, **kwargs)
+        call = original_prepare(self, obj, *args, **kwargs)
         # prepare() resets run_info first, so the key survives only if added afterwards.
         self._run_info[PREPARE_KEY] = time.perf_counter() - start
         return call
@@ -78,12 +78,11 @@ def install_timers() -> None:
 
     original_execute = runner.execute
 
-    def execute(backend: Any, c: Any, task: Mapping[str, Any]) -> dict[str, Any]:
+    def execute(backend: Any, c: Any, task: Any) -> Any:
         start = time.perf_counter()
-        result = original_execute(backend, c, task)
-        result.setdefault("info", {})
-        result["info"] = {**(result["info"] or {}), EXECUTE_KEY: time.perf_counter() - start}
-        return result
+        reply = original_execute(backend, c, task)
+        reply.info = {**(reply.info or {}), EXECUTE_KEY: time.perf_counter() - start}
+        return reply
 
     runner.execute = execute
 
@@ -98,7 +97,7 @@ def install_timers() -> None:
 
     runner.discover = discover
 
-    original_load = runner._load_backend
+    original_load = runner.load_backend
 
     def load_backend(name: str, deterministic: bool) -> tuple[Any, dict[str, Any]]:
         start = time.perf_counter()
@@ -108,28 +107,29 @@ def install_timers() -> None:
         STARTS.setdefault(name, []).append({"load": seconds, "discover": 0.0, "wall": seconds})
         return backend, {**hello, LOAD_KEY: seconds, DISCOVER_KEY: _last_discover[0]}
 
-    runner._load_backend = load_backend
+    runner.load_backend = load_backend
 
     original_start = runner.Worker.start
 
-    def start_worker(self: Any) -> dict[str, Any]:
+    def start_worker(self: Any) -> Any:
         start = time.perf_counter()
         hello = original_start(self)
         wall = time.perf_counter() - start
         STARTS.setdefault(self.backend, []).append(
-            {"load": float(hello.get(LOAD_KEY, 0.0)), "discover": float(hello.get(DISCOVER_KEY, 0.0)), "wall": wall})
+            {"load": float(hello.info.get(LOAD_KEY, 0.0)), "discover": float(hello.info.get(DISCOVER_KEY, 0.0)),
+             "wall": wall})
         return hello
 
     runner.Worker.start = start_worker  # type: ignore[method-assign]
 
     original_task = runner.Worker.run
 
-    def run_task(self: Any, task: dict[str, Any]) -> dict[str, Any]:
+    def run_task(self: Any, task: Any) -> Any:
         start = time.perf_counter()
         try:
             return original_task(self, task)
         finally:
-            TASK_WALL[task["id"]] = time.perf_counter() - start
+            TASK_WALL[task.id] = time.perf_counter() - start
 
     runner.Worker.run = run_task  # type: ignore[method-assign]
 
@@ -161,12 +161,12 @@ def time_checks(record: Any, groups: Mapping[str, list[str]]) -> tuple[list[dict
     """The in-environment checks run group by group (the same results as one ``run_checks``), timed."""
     from detharness import checks
 
-    results: list[dict[str, Any]] = []
+    results: list[Any] = []
     seconds: dict[str, float] = {}
     for group, ids in groups.items():
         start = time.perf_counter()
-        for check in (checks.backend_check, checks.device_check, checks.repeat_check):
-            results += check(record, ids)
+        for name in ("backend", "device", "repeat"):
+            results += checks.CHECKS[name].judge(record, ids)
         seconds[group] = time.perf_counter() - start
     return results, seconds
 
@@ -205,7 +205,7 @@ def run_suite(case_paths: list[str], in_process: bool, out: str | None) -> dict[
         prepare_s = float(v.info.get(PREPARE_KEY) or 0.0)
         seconds = float(v.seconds or 0.0)
         wall = TASK_WALL.get(v.id, execute_s)
-        row = {"id": v.id, "group": group_of(v.case), "backend": v.backend, "status": v.status, "wall": wall,
+        row = {"id": v.id, "group": group_of(v.case), "backend": v.backend, "status": v.status.value, "wall": wall,
                "prepare": prepare_s, "execution": seconds, "other": max(0.0, wall - prepare_s - seconds)}
         variants.append(row)
         for key, table in ((row["group"], per_group), (v.backend, per_backend)):
@@ -224,7 +224,7 @@ def run_suite(case_paths: list[str], in_process: bool, out: str | None) -> dict[
         entry["starts"] = len(starts)
     statuses: dict[str, int] = {}
     for r in results:
-        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        statuses[r.status.value] = statuses.get(r.status.value, 0) + 1
     total = run_wall + checks_wall + (write_seconds or 0.0)
     return {
         "mode": "in-process" if in_process else "workers",

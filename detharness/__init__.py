@@ -1,18 +1,30 @@
 """detharness: find where the same computation gives different numbers across backends,
-devices, library versions and serialization round trips."""
+devices, library versions and serialization round trips.
+
+What a user imports is here: the case API (``case``, ``include``, ``Context``,
+``roundtrip_modes``, ``UnsupportedVariant``, ``register_backend``), the comparators (``compare``,
+``ulp_distance``, ``Tolerance``) and the results they give (``Status``, ``Verdict``, ``Result``).
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from detharness.backends.base import UnsupportedVariant  # noqa: E402
-from detharness.cases import Case, KnownDivergence, Registry, case  # noqa: E402
-from detharness.compare import Status, Tolerance, Verdict, compare, ulp_distance  # noqa: E402
+from detharness.backends import Backend, register_backend
+from detharness.backends.base import UnsupportedVariant
+from detharness.cases import Case, Context, KnownDivergence, Registry, case, include
+from detharness.compare import Status, Tolerance, Verdict, compare, ulp_distance
+from detharness.results import Outcome, Result
+from detharness.roundtrip import roundtrip_modes
 
 __all__ = [
+    "Backend",
     "Case",
+    "Context",
     "KnownDivergence",
+    "Outcome",
     "Registry",
+    "Result",
     "Status",
     "Tolerance",
     "UnsupportedVariant",
@@ -20,5 +32,8 @@ __all__ = [
     "__version__",
     "case",
     "compare",
+    "include",
+    "register_backend",
+    "roundtrip_modes",
     "ulp_distance",
 ]

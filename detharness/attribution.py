@@ -30,12 +30,11 @@ from detharness import checks
 from detharness.bundle import encode_array
 from detharness.cases import parse_variant_id
 from detharness.compare import Status
-from detharness.results import worst
 from detharness.environment import VOLATILE_KEYS, format_value
 from detharness.errors import CaseError
 from detharness.record import LazyArrays, RunRecord, VariantRecord
-from detharness.results import Outcome, Result
 from detharness.report._format import number
+from detharness.results import Outcome, Result, worst
 
 # Statuses that mean "not the baseline's bits" and "the baseline's bits"; the rest (error, skipped,
 # missing) leave an environment out of the separation for that output.
@@ -79,7 +78,7 @@ def bundle_labels(paths: Sequence[str]) -> list[str]:
     one name (``a/run`` and ``b/run``) keep their paths; the same path twice gets ``#2``.
     """
     names = [os.path.basename(os.path.normpath(p)) or p for p in paths]
-    labels = [n if names.count(n) == 1 else os.path.normpath(p) for n, p in zip(names, paths)]
+    labels = [n if names.count(n) == 1 else os.path.normpath(p) for n, p in zip(names, paths, strict=True)]
     seen: dict[str, int] = {}
     unique = []
     for label in labels:
@@ -108,7 +107,7 @@ def compare_bundles(records: Sequence[RunRecord], labels: Sequence[str], *, matc
                                                            keyword=keyword)]
     extra: dict[str, Any] = {}
     if len(records) > 2 or all_pairs:
-        environments = [Environment(label, r.environment_id, r.environment) for label, r in zip(labels, records)]
+        environments = [Environment(label, r.environment_id, r.environment) for label, r in zip(labels, records, strict=True)]
         backends = {vid: v.backend for r in records for vid, v in r.variants.items()}
         extra["matrix"] = build_matrix(environments, results)
         extra["attribution"] = attribute(results, environments, backends=backends,
@@ -232,7 +231,7 @@ def _condition(keys: Sequence[str], tuples: Iterable[tuple[Any, ...]]) -> str:
         values = [t[0] for t in shown]
         return f"{keys[0]}={values[0]}" if len(values) == 1 else f"{keys[0]} in {{{', '.join(values)}}}"
     if len(shown) == 1:
-        return ", ".join(f"{k}={v}" for k, v in zip(keys, shown[0]))
+        return ", ".join(f"{k}={v}" for k, v in zip(keys, shown[0], strict=True))
     return f"({', '.join(keys)}) in {{{', '.join('(' + ', '.join(t) + ')' for t in shown)}}}"
 
 

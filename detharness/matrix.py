@@ -28,6 +28,7 @@ the rest go on; the bundles that exist are compared with :mod:`detharness.attrib
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -483,7 +484,7 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
         if profile.pins:
             try:
                 overlay, reused = ensure_overlay(profile.pins, cache, python=python,
-                                                 log=lambda line: progress(f"{tag}: {line}"))
+                                                 log=functools.partial(_tagged, progress, tag))
             except SetupError as exc:
                 outcome.status, outcome.reason = "setup failed", str(exc)
                 outcome.seconds = round(time.perf_counter() - start, 1)
@@ -547,6 +548,10 @@ def _env_words(profile: Profile, overlay: Path | None) -> list[str]:
     return words
 
 
+def _tagged(progress: Callable[[str], None], tag: str, line: str) -> None:
+    progress(f"{tag}: {line}")
+
+
 def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
                   seconds: float | None = None) -> dict[str, Any]:
     """Compare every bundle that was written against the baseline's (or the first that ran).
@@ -554,7 +559,9 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
     A profile that failed adds one ``error`` result (check ``matrix``), so it shows in the summary
     and fails the exit code like any other error.
     """
-    from detharness import attribution, checks, record as record_mod, report as report_mod
+    from detharness import attribution, checks
+    from detharness import record as record_mod
+    from detharness import report as report_mod
     from detharness.results import Result, Status
 
     ran = [o for o in outcomes if o.status == "ok" and o.bundle]

@@ -24,6 +24,9 @@ import numpy as np
 
 from detharness.compare import Status
 
+__all__ = ["DEFAULT_FAIL_ON", "FIELDS", "QUIET", "STATUSES", "Hello", "Outcome", "Reply", "Result", "Status", "Task",
+           "VariantLog", "failed", "json_safe", "parse_statuses", "summarize", "worst"]
+
 #: Every status, best first: the order of :class:`Status` is the severity order.
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 #: Statuses that make ``run``, ``compare`` and ``matrix`` exit 1 unless ``--fail-on`` says otherwise.
@@ -262,3 +265,5 @@ class Hello:
     devices: tuple[str, ...] = ()
     fingerprint: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: Anything else loading reported (timings, for benchmarks/suite.py).
+    info: Mapping[str, Any] = field(default_factory=dict)

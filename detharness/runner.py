@@ -345,7 +345,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
         stderr = logs[-1].stderr.strip().splitlines()[-3:] if logs else []
         conn.send(("hello", Hello(error=one_line(exc) + ("".join(f"\n  {line}" for line in stderr)))))
         return
-    conn.send(("hello", Hello(devices=tuple(hello["devices"]), fingerprint=hello["fingerprint"])))
+    conn.send(("hello", Hello(devices=tuple(hello["devices"]), fingerprint=hello["fingerprint"],
+                              info={k: v for k, v in hello.items() if k not in ("devices", "fingerprint")})))
     while True:
         try:
             message = conn.recv()

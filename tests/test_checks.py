@@ -7,12 +7,12 @@ import pytest
 
 from detharness.cases import KnownDivergence
 from detharness.checks import CHECKS, environment_check
+from detharness.record import CaseRecord, RunRecord, VariantRecord
 from detharness.results import FIELDS, failed, summarize
 
 backend_check = CHECKS["backend"].judge
 device_check = CHECKS["device"].judge
 repeat_check = CHECKS["repeat"].judge
-from detharness.record import CaseRecord, RunRecord, VariantRecord
 
 X = np.linspace(-1, 1, 16, dtype=np.float64)
 
@@ -135,3 +135,45 @@ def test_failed_and_summary(fail_on: tuple[str, ...], expected: bool) -> None:
     results = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), _variant("same")))
     assert summarize(results) == {"diverged": 1, "close": 1}
     assert failed(results, fail_on) is expected
+
+
+def _declared() -> list:
+    from detharness import case
+    from detharness.cases import Registry, collecting_into
+
+    with collecting_into(Registry()) as registry:
+        c = case("demo/decl", inputs=lambda rng: {"x": np.ones(2)})
+        c.impl("ref", backend="numpy", reference=True, dtypes=("float64",))(lambda x: {"y": x})
+        c.impl("t", backend="torch", dtypes=("float32",))(lambda x: {"y": x})
+    return list(next(iter(registry)).variants())
+
+
+def test_which_checks_judge_a_variant_and_what_they_need_come_from_the_checks() -> None:
+    from detharness.checks import Plan, checks_for, needed
+
+    ref, cpu, cuda = _declared()
+    assert checks_for(ref, Plan()) == []  # the reference is what the others are held against
+    assert checks_for(cpu, Plan()) == ["backend"]
+    assert checks_for(cuda, Plan()) == ["backend", "device"]
+    assert checks_for(cuda, Plan(repeating=True)) == ["backend", "device", "repeat"]
+    # The device check needs the CPU twin, the backend check the reference: each once.
+    assert [v.id for v in needed([cuda], Plan(), ["device"])] == [cuda.id, cpu.id]
+    assert [v.id for v in needed([cuda], Plan())] == [cuda.id, ref.id, cpu.id]
+
+
+def test_an_error_is_reported_once_per_check_asked_for() -> None:
+    from detharness.checks import run_checks
+
+    record = _record(_ref(), _variant("broken", status="error"))
+    assert [(r.check, r.status) for r in run_checks(record)] == [("backend", "error")]
+    record.options["repeat"] = 3
+    assert [(r.check, r.status) for r in run_checks(record)] == [("backend", "error"), ("repeat", "error")]
+
+
+def test_a_result_round_trips_through_json_and_ignores_unknown_keys() -> None:
+    from detharness.results import Result
+
+    (result,) = backend_check(_record(_ref(), _variant("off", y=X + 1e-3)))
+    data = result.to_json()
+    assert Result.from_json({**data, "added_by_a_newer_version": 1}) == result
+    assert data["status"] == "diverged" and data["first_divergence"] is None

@@ -41,3 +41,26 @@ def test_parts_from_two_writers_merge_into_one_manifest(tmp_path: Path) -> None:
     save_part(_record("b"), tmp_path / "b", "gw1")
     merge_parts(tmp_path / "b")
     assert sorted(load(tmp_path / "b").variants) == ["demo/c[a:cpu:bfloat16:eager]", "demo/c[b:cpu:bfloat16:eager]"]
+
+
+def test_a_schema_1_bundle_reads_with_empty_logs_and_typed_verdicts(tmp_path: Path) -> None:
+    import json
+
+    from detharness.bundle import BundleWriter
+    from detharness.results import Outcome, Status, VariantLog
+
+    save(_record(), tmp_path / "b")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    variant = manifest["variants"]["demo/c[v:cpu:bfloat16:eager]"]
+    for key in ("traceback", "log", "intermediates", "cache", "shard"):
+        del variant[key]
+    manifest["schema"] = 1
+    # A schema-1 verdict: the fields of that time only.
+    manifest["verdicts"] = [{"check": "backend", "case": "demo/c", "variant": "demo/c[v:cpu:bfloat16:eager]",
+                             "output": "y", "status": "close", "message": "CLOSE", "max_ulp": 1, "env_diff": {}}]
+    BundleWriter(tmp_path / "b").write_manifest(manifest)
+    loaded = load(tmp_path / "b")
+    v = loaded.variants["demo/c[v:cpu:bfloat16:eager]"]
+    assert v.status is Outcome.OK and v.log == VariantLog() and v.traceback is None and v.intermediates is None
+    (verdict,) = loaded.verdicts
+    assert verdict.status is Status.CLOSE and verdict.max_ulp == 1 and verdict.traceback is None

@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from detharness.checks.base import (Plan, apply_known, not_ok, reference_failed, reproduce_run, selected,
-                                    tolerance_map, verdict_results)
+from detharness.checks.base import (
+    Plan,
+    apply_known,
+    not_ok,
+    reference_failed,
+    reproduce_run,
+    selected,
+    tolerance_map,
+    verdict_results,
+)
 from detharness.compare import compare
 from detharness.results import Outcome, Result
 from detharness.roundtrip import is_roundtrip_mode
@@ -59,7 +67,7 @@ class BackendCheck:
                 results.append(not_ok(self.name, v, ref_id, reproduce))
                 continue
             verdict = compare(dict(expected), dict(v.outputs), tolerance=tolerance_map(v))
-            for result in verdict_results(self.name, v.case, v.id, verdict, baseline=ref_id, candidate=v.id,
-                                          reproduce=reproduce):
-                results.append(apply_known(result, case, record.environment))
+            results += [apply_known(result, case, record.environment)
+                        for result in verdict_results(self.name, v.case, v.id, verdict, baseline=ref_id,
+                                                      candidate=v.id, reproduce=reproduce)]
         return results

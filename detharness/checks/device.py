@@ -7,8 +7,17 @@ from typing import TYPE_CHECKING, ClassVar
 
 from detharness.cases import Variant, variant_id
 from detharness.checks.backend import judges
-from detharness.checks.base import (Plan, apply_known, case_kind, not_ok, reference_failed, reproduce_run,
-                                    selected, tolerance_map, verdict_results)
+from detharness.checks.base import (
+    Plan,
+    apply_known,
+    case_kind,
+    not_ok,
+    reference_failed,
+    reproduce_run,
+    selected,
+    tolerance_map,
+    verdict_results,
+)
 from detharness.compare import compare
 from detharness.results import Outcome, Result
 
@@ -48,7 +57,7 @@ class DeviceCheck:
                 results.append(reference_failed(self.name, v, cpu, reproduce))
                 continue
             verdict = compare(dict(cpu.outputs), dict(v.outputs), tolerance=tolerance_map(v))
-            for result in verdict_results(self.name, v.case, v.id, verdict, baseline=cpu.id, candidate=v.id,
-                                          reproduce=reproduce):
-                results.append(apply_known(result, record.cases.get(v.case), record.environment))
+            results += [apply_known(result, record.cases.get(v.case), record.environment)
+                        for result in verdict_results(self.name, v.case, v.id, verdict, baseline=cpu.id,
+                                                      candidate=v.id, reproduce=reproduce)]
         return results

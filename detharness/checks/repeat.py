@@ -6,8 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from detharness.checks.base import (Plan, apply_known, case_kind, new_result, not_ok, reproduce_run, selected,
-                                    verdict_results)
+from detharness.checks.base import (
+    Plan,
+    apply_known,
+    case_kind,
+    new_result,
+    not_ok,
+    reproduce_run,
+    selected,
+    verdict_results,
+)
 from detharness.compare import Status, compare
 from detharness.results import Outcome, Result
 

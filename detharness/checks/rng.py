@@ -9,8 +9,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from detharness.cases import variant_id
-from detharness.checks.base import (Plan, apply_known, new_result, not_ok, reference_failed, reproduce_run, selected,
-                                    verdict_results)
+from detharness.checks.base import (
+    Plan,
+    apply_known,
+    new_result,
+    not_ok,
+    reference_failed,
+    reproduce_run,
+    selected,
+    verdict_results,
+)
 from detharness.checks.device import cpu_twin
 from detharness.compare import Status, Verdict, compare
 from detharness.compare.verdict import share

@@ -6,8 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from detharness.checks.base import (Plan, apply_known, new_result, not_ok, reproduce_run, selected, tolerance_map,
-                                    verdict_results)
+from detharness.checks.base import (
+    Plan,
+    apply_known,
+    new_result,
+    not_ok,
+    reproduce_run,
+    selected,
+    tolerance_map,
+    verdict_results,
+)
 from detharness.compare import Status, compare
 from detharness.results import Outcome, Result
 from detharness.roundtrip import is_roundtrip_mode

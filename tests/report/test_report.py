@@ -65,7 +65,7 @@ def test_markdown_report_has_failure_details_and_skipped_reasons() -> None:
 def test_report_file_format_follows_the_extension(tmp_path: Path) -> None:
     report.write(_report(), str(tmp_path / "deep" / "r.json"))
     assert json.loads((tmp_path / "deep" / "r.json").read_text())["title"] == "detharness run"
-    with pytest.raises(UsageError, match="unknown extension '.html'"):
+    with pytest.raises(UsageError, match=r"unknown extension '\.html'"):
         report.write(_report(), str(tmp_path / "r.html"))
 
 
