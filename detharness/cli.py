@@ -160,9 +160,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
     from detharness import environment
-    from detharness.backends import BACKENDS, get_backend
+    from detharness.backends import BACKENDS, get_backend, load_backend
     from detharness.bundle import json_dumps
-    from detharness.backends import load_backend
 
     fp = environment.fingerprint()
     names = args.backend or [n for n, b in BACKENDS.items() if b.is_installed()]
@@ -196,7 +195,9 @@ def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from detharness import checks, record as record_mod, report as report_mod
+    from detharness import checks
+    from detharness import record as record_mod
+    from detharness import report as report_mod
     from detharness.results import failed
     from detharness.runner import RunOptions, run
 
@@ -238,7 +239,8 @@ def _variant_summary(record: Any) -> dict[str, int]:
 
 
 def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
-    from detharness import record as record_mod, report as report_mod
+    from detharness import record as record_mod
+    from detharness import report as report_mod
     from detharness.attribution import bundle_labels, compare_bundles
     from detharness.results import failed
 
@@ -260,7 +262,8 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
-    from detharness import matrix, report as report_mod
+    from detharness import matrix
+    from detharness import report as report_mod
     from detharness.results import Status
 
     fail_on = _fail_on(args.fail_on)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from detharness import attribution
-from detharness.results import Result, Status
 from detharness.attribution import Environment, attribute, bundle_labels, compare_bundles, separating_keys
 from detharness.record import RunRecord, VariantRecord
 from detharness.report import build, render
+from detharness.results import Result, Status
 
 BASE = {"machine.arch": "x86_64", "cpu.count": 2, "torch.cpu_capability": "AVX512", "env.ATEN_CPU_CAPABILITY": None,
         "numpy.version": "2.4.6", "jax.version": "0.10.2", "env.XLA_FLAGS": None, "env.OMP_NUM_THREADS": None}

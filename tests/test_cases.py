@@ -6,8 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detharness.cases import (Case, KnownDivergence, Registry, builtin_cases_path, collecting_into, discover,
-                              parse_variant_id, variant_id)
+from detharness.cases import (
+    Case,
+    KnownDivergence,
+    Registry,
+    builtin_cases_path,
+    collecting_into,
+    discover,
+    parse_variant_id,
+    variant_id,
+)
 from detharness.errors import CaseError
 
 
@@ -39,7 +47,7 @@ def test_discover_reads_a_case_file_into_a_registry(tmp_path: Path) -> None:
     c = registry["demo/double"]
     assert [v.id for v in c.variants()] == [
         "demo/double[numpy:cpu:float64:eager]",
-        
+
         "demo/double[torch:cpu:float32:eager]",
         "demo/double[torch:cpu:float16:eager]",
         "demo/double[torch:cuda:float32:eager]",

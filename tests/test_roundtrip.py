@@ -12,12 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detharness.backends import VariantSpec
 from detharness.cases import Case, discover
 from detharness.dtypes import numpy_dtype
 from detharness.errors import CaseError
-from detharness.backends import VariantSpec
-from detharness.roundtrip import (NumpyJsonFormat, NumpySafetensorsFormat, RoundtripContext, compare_parameters,
-                                  find_format, roundtrip_modes, run_roundtrip, sha256_of)
+from detharness.roundtrip import (
+    NumpyJsonFormat,
+    NumpySafetensorsFormat,
+    RoundtripContext,
+    compare_parameters,
+    find_format,
+    roundtrip_modes,
+    run_roundtrip,
+    sha256_of,
+)
 from tests.conftest import run_cli, write_cases
 
 NUDGED_CASES = """

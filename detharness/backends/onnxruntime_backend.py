@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detharness.backends.base import Backend, UnsupportedVariant, VariantSpec, split_device
-from detharness.backends.onnx_model import external_tensors, model_opset
 
 # Kept importable from this module, where earlier versions defined them.
 from detharness.backends.onnx_model import check_external_data as check_external_data
+from detharness.backends.onnx_model import external_tensors, model_opset
 from detharness.backends.onnx_model import load_model_safely as load_model_safely
 from detharness.dtypes import ALL_DTYPES, dtype_name, numpy_dtype
 from detharness.errors import CaseError, UsageError
