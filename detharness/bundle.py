@@ -27,16 +27,13 @@ half-written file, and concurrent writers of the same array (same content, same 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import enum
 import hashlib
 import json
 import math
 import os
 import posixpath
 import re
-import secrets
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path, PureWindowsPath
@@ -44,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from detharness._io import atomic_write_bytes, atomic_write_text, fsync_dir, json_dumps
 from detharness.dtypes import ALL_DTYPES, dtype_name, numpy_dtype
 from detharness.errors import BundleError, DtypeError
 
@@ -82,69 +80,6 @@ _STRING_NUMPY_DTYPE = re.compile(r"(<U|\|S)([1-9][0-9]{0,6})")
 _PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MAX_DIMS = 64  # numpy's own limit
 _HASH_CHUNK = 1 << 20
-
-
-# ---------------------------------------------------------------------------------------------
-# JSON
-
-
-def to_jsonable(obj: Any) -> Any:
-    """``obj`` as plain JSON types: what ``json.dumps(..., allow_nan=False)`` accepts.
-
-    Non-finite floats become the strings ``"inf"``, ``"-inf"`` and ``"nan"`` (JSON has no such
-    numbers); numpy scalars become Python numbers, arrays lists, complex numbers ``[real, imag]``,
-    tuples lists, sets sorted lists, enums their value, dataclasses dicts, paths strings.
-    """
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, (complex, np.complexfloating)):
-        return [_float_to_json(obj.real), _float_to_json(obj.imag)]
-    if isinstance(obj, (float, np.floating)):
-        return _float_to_json(obj)
-    if isinstance(obj, np.generic):
-        # ml_dtypes scalars (bfloat16, float8) are np.generic but not np.floating
-        return to_jsonable(obj.item())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {_json_key(key): to_jsonable(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(item) for item in obj]
-    if isinstance(obj, (set, frozenset)):
-        return sorted((to_jsonable(item) for item in obj), key=lambda item: (type(item).__name__, str(item)))
-    if isinstance(obj, enum.Enum):
-        return to_jsonable(obj.value)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable({field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)})
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"cannot write a {type(obj).__name__} as JSON")
-
-
-def json_dumps(obj: Any, *, indent: int | None = None) -> str:
-    """JSON text for ``obj`` after :func:`to_jsonable`; never emits NaN or Infinity literals."""
-    return json.dumps(to_jsonable(obj), indent=indent, ensure_ascii=False, allow_nan=False)
-
-
-def _float_to_json(value: Any) -> float | str:
-    number = float(value)
-    if math.isnan(number):
-        return "nan"
-    if math.isinf(number):
-        return "inf" if number > 0 else "-inf"
-    return number
-
-
-def _json_key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-        return str(int(key))
-    raise TypeError(f"JSON object keys must be strings, got {type(key).__name__} {key!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,51 +191,6 @@ def encode_array(array: Any) -> tuple[dict[str, Any], bytes]:
 # Writing
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically (reports use it too); see :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    A temp file in the same folder (a rename is atomic only within one file system), written,
-    flushed and fsynced, then renamed over ``path``, then the folder fsynced so the rename survives
-    a crash. The folder must exist.
-    """
-    target = Path(path)
-    temp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(temp, flags, 0o644)  # 0o644 minus the umask, unlike mkstemp's 0o600
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` durable, where the platform allows it."""
-    if os.name == "nt":
-        return  # Windows cannot open a directory for fsync; NTFS journals the rename itself
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass  # some file systems (network mounts) refuse fsync on directories
-    finally:
-        os.close(descriptor)
-
-
 def _make_dir(directory: Path) -> None:
     if directory.is_dir():
         return
@@ -309,7 +199,7 @@ def _make_dir(directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise _refuse(directory, "exists and is not a directory") from None
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
 
 
 class BundleWriter:

@@ -134,7 +134,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     from tabulate import tabulate
 
     from detharness.backends import BACKENDS
-    from detharness.bundle import json_dumps
+    from detharness._io import json_dumps
     from detharness.cases import discover
     from detharness.runner import RunOptions, select_variants
 
@@ -161,7 +161,7 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
     from detharness import environment
     from detharness.backends import BACKENDS, get_backend, load_backend
-    from detharness.bundle import json_dumps
+    from detharness._io import json_dumps
 
     fp = environment.fingerprint()
     names = args.backend or [n for n, b in BACKENDS.items() if b.is_installed()]

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from detharness._io import to_jsonable
 from detharness.compare import Status
 
 __all__ = ["DEFAULT_FAIL_ON", "FIELDS", "QUIET", "STATUSES", "Hello", "Outcome", "Reply", "Result", "Status", "Task",
-           "VariantLog", "failed", "json_safe", "parse_statuses", "summarize", "worst"]
+           "VariantLog", "failed", "parse_statuses", "summarize", "worst"]
 
 #: Every status, best first: the order of :class:`Status` is the severity order.
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
@@ -62,24 +62,6 @@ def parse_statuses(text: str, option: str = "--fail-on") -> list[Status]:
     if unknown:
         raise UsageError(f"{option}: unknown status {unknown[0]!r}; choose from {', '.join(STATUSES)}")
     return [Status(s) for s in names]
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with tuples as lists, numpy scalars as Python numbers, enums as their values and
-    non-finite floats as the strings "inf", "-inf", "nan" (JSON has no such numbers)."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -151,7 +133,7 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         """Every field, in declaration order, JSON-safe."""
-        return {f.name: json_safe(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: to_jsonable(getattr(self, f.name), str) for f in fields(self)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Result:

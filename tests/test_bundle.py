@@ -21,15 +21,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from detharness import bundle as bundle_module
-from detharness.bundle import (
-    SCHEMA,
-    Bundle,
-    BundleWriter,
-    atomic_write_text,
-    iter_array_refs,
-    json_dumps,
-    to_jsonable,
-)
+from detharness._io import atomic_write_text, json_dumps, to_jsonable
+from detharness.bundle import SCHEMA, Bundle, BundleWriter, iter_array_refs
 from detharness.dtypes import ALL_DTYPES, numpy_dtype
 from detharness.errors import BundleError, DtypeError
 

@@ -31,7 +31,6 @@ import dataclasses
 import importlib
 import importlib.metadata
 import importlib.util
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from detharness._io import to_jsonable
 from detharness.dtypes import ALL_DTYPES, dtype_name
 from detharness.errors import BackendError, DetHarnessError, UsageError
 
@@ -113,22 +113,9 @@ class BackendInfo:
 
 
 def jsonable(value: Any) -> Any:
-    """``value`` with tuples as lists and numpy scalars as Python numbers, so ``json.dumps`` takes it.
-
-    A float that is not finite becomes the string "inf", "-inf" or "nan", as in every detharness
-    JSON document (JSON has no such numbers).
-    """
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+    """``value`` as plain JSON types (non-finite floats as "inf", "-inf", "nan"; anything unknown as
+    its ``str``): what a backend records about a run or a fingerprint."""
+    return to_jsonable(value, str)
 
 
 class Backend:

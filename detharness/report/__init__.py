@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detharness.bundle import atomic_write_text
+from detharness._io import atomic_write_text
 from detharness.errors import UsageError
 from detharness.results import Result, summarize
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from detharness.bundle import json_dumps
+from detharness._io import json_dumps
 
 
 def render(report: Mapping[str, Any]) -> str:
