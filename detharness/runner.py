@@ -356,7 +356,11 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
             return
         logs = []
         with captured(logs):
-            reply = execute(backend, registry[message.case], message)
+            case = registry.get(message.case)
+            if case is None:
+                reply = Reply.failure(message.id, f"case {message.case} is not in this worker's case files")
+            else:
+                reply = execute(backend, case, message)
         reply.log = logs[-1]
         conn.send(("result", reply))
 

@@ -1,6 +1,6 @@
 """The built-in skew pairs (cases/skew): a training path and a serving path that really diverge,
-each declared a known divergence, so the default run is green while its report shows them; without
-the declaration the same pair fails."""
+each declared a known divergence, so the library's run is green (the plugin reports them xfail)
+while its report shows them; without the declaration the same pair fails."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from detharness.backends import get_backend
 from detharness.cases import Case, builtin_cases_path, discover
 
 SKEW_DIR = builtin_cases_path() / "skew"
@@ -57,25 +55,8 @@ def test_a_skew_file_is_named_after_its_skew_and_says_how_to_fix_it(c: Case) -> 
     assert "Fix:" in docstring, path
 
 
-@pytest.fixture(scope="module")
-def skew_run() -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    done = _run("--cases", str(SKEW_DIR), "--tag", "skew", "--format", "json")
-    assert done.stdout, done.stderr[-4000:]
-    return done, json.loads(done.stdout)
-
-
-@pytest.mark.slow
-def test_every_skew_pair_reports_known_and_the_run_exits_0(
-        skew_run: tuple[subprocess.CompletedProcess[str], dict[str, Any]]) -> None:
-    done, report = skew_run
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    results = [r for r in report["results"] if r["status"] != "skipped"]
-    for r in results:
-        assert r["variant"].split("[", 1)[1].startswith("serving:"), r["variant"]
-        assert r["status"] == "known" and r["underlying_status"] in ("diverged", "mismatch"), r
-    installed = {c.id for c in SKEW_CASES if get_backend(c.impls["serving"].backend).is_installed()}
-    # On the CPU every pair whose serving backend is installed is compared; CUDA variants may skip.
-    assert {r["case"] for r in results if ":cpu:" in r["variant"]} == installed
+# That every pair reports known (xfail) on this machine is what the plugin's items of cases/skew say
+# in the library's one run (`pytest --dh-cases cases`); a pair that stops diverging shows as XPASS.
 
 
 @pytest.mark.slow
