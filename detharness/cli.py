@@ -133,8 +133,8 @@ def _progress(stream: TextIO) -> Callable[[int, int, str], None] | None:
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     from tabulate import tabulate
 
-    from detharness.backends import BACKENDS
     from detharness._io import json_dumps
+    from detharness.backends import BACKENDS
     from detharness.cases import discover
     from detharness.runner import RunOptions, select_variants
 
@@ -160,8 +160,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
     from detharness import environment
-    from detharness.backends import BACKENDS, get_backend, load_backend
     from detharness._io import json_dumps
+    from detharness.backends import BACKENDS, get_backend, load_backend
 
     fp = environment.fingerprint()
     names = args.backend or [n for n, b in BACKENDS.items() if b.is_installed()]
