@@ -38,7 +38,7 @@ from detharness.backends import Backend, UnsupportedVariant, VariantSpec, get_ba
 from detharness.backends.base import jsonable
 from detharness.cases import Case, Context, Registry, Variant, discover, display_path
 from detharness.checks import CHECKS, Plan, checks_for, needed
-from detharness.dtypes import cast_floats
+from detharness.dtypes import ALL_DTYPES, cast_floats, dtype_name
 from detharness.errors import BackendError, CaseError, UsageError
 from detharness.record import CaseRecord, RunRecord, VariantRecord, digest_arrays
 from detharness.results import Hello, Outcome, Reply, Task, VariantLog
@@ -198,7 +198,10 @@ def execute(backend: Backend, c: Case, task: Task) -> Reply:
         for run in range(runs):
             raw, elapsed = backend.run(call, inputs, device=task.device, seed=c.seed)
             seconds += elapsed
-            outputs = backend.outputs_to_numpy(raw, names=names)
+            if raw is None:
+                raise OutputError("the implementation returned None (a forgotten return?); return its outputs: "
+                                  "a dict of name -> array, one array, or a tuple of arrays")
+            outputs = checked_outputs(backend.outputs_to_numpy(raw, names=names))
             digest = digest_arrays(outputs)
             if run == 0:
                 reply.outputs = outputs
@@ -216,6 +219,27 @@ def execute(backend: Backend, c: Case, task: Task) -> Reply:
     except Exception as exc:  # an implementation's failure is a result, not a crash of the harness
         return Reply.failure(task.id, one_line(exc), user_traceback(exc))
     return reply
+
+
+class OutputError(TypeError):
+    """What an implementation returned is not outputs detharness can compare."""
+
+
+def checked_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``outputs`` if every one is an array of numbers, bools or strings; :class:`OutputError` naming
+    the first that is not (an object array from a None, a set or a list of mixed things;
+    datetime64; a structured array)."""
+    for name, array in outputs.items():
+        try:
+            known = dtype_name(array.dtype) in ALL_DTYPES
+        except (TypeError, ValueError):
+            known = False
+        if not known:
+            shown = "None" if array.dtype.kind == "O" and array.shape == () and array.item() is None else \
+                f"an array of dtype {array.dtype}"
+            raise OutputError(f"output {name!r} is {shown}; outputs are arrays of numbers, bools or strings "
+                              f"({', '.join(ALL_DTYPES)})")
+    return outputs
 
 
 def build(fn: Callable[..., Any], params: Mapping[str, Any], extras: Mapping[str, Any]) -> Any:
@@ -283,9 +307,12 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def user_traceback(exc: BaseException, limit: int = 30) -> str:
-    """The exception's traceback without detharness's own frames: the user's file and line first."""
+def user_traceback(exc: BaseException, limit: int = 30) -> str | None:
+    """The exception's traceback without detharness's own frames: the user's file and line first
+    (None when every frame is detharness's: the message says it all)."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PACKAGE_DIR)]
+    if not frames:
+        return None
     lines = ["Traceback (most recent call last):\n"]
     if len(frames) > limit:
         lines.append(f"  ... {len(frames) - limit} frames above ...\n")

@@ -249,3 +249,35 @@ def test_a_failed_reference_is_named_in_every_result_it_costs(tmp_path: Path) ->
     assert [(r["status"], r["message"]) for r in results] == [
         ("error", "reference named/noref[ref:cpu:float64:eager] failed: RuntimeError: reference broke")]
     assert "reference broke" in results[0]["traceback"]
+
+
+def test_a_forgotten_return_or_an_object_output_is_that_variants_error(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "mine", """
+        import numpy as np
+        from detharness import case
+
+        c = case("user/outputs", inputs=lambda rng: {"x": np.ones(3, "float32")})
+
+        @c.impl("ref", backend="numpy", reference=True)
+        def _(x):
+            return {"y": x}
+
+        @c.impl("forgot", backend="numpy")
+        def _(x):
+            x * 2
+
+        @c.impl("objects", backend="numpy")
+        def _(x):
+            return {"y": np.array([{1}, None], dtype=object)}
+
+        @c.impl("good", backend="numpy")
+        def _(x):
+            return {"y": x}
+    """)
+    done = run_cli("run", "--cases", str(cases), "--format", "json", "--out", str(tmp_path / "b"))
+    assert done.returncode == 1, done.stderr
+    by_impl = {r["variant"].split("[")[1].split(":")[0]: r for r in json.loads(done.stdout)["results"]}
+    assert by_impl["forgot"]["status"] == "error" and "returned None (a forgotten return?)" in by_impl["forgot"]["message"]
+    assert by_impl["objects"]["status"] == "error" and "output 'y' is an array of dtype object" in by_impl["objects"]["message"]
+    assert by_impl["good"]["status"] == "identical"
+    assert (tmp_path / "b" / "manifest.json").is_file()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-# Statuses that get no failure details: the rest (diverged, mismatch, error) are what a reader looks into.
-PASSING = ("identical", "close", "known", "skipped", "missing")
+from detharness.results import Status
 
 
 def markdown_cell(text: str) -> str:
@@ -55,7 +54,7 @@ def skipped_reasons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, int
     CPU runner say one thing, so the reports say it once."""
     counts: dict[str, int] = {}
     for r in results:
-        if r["status"] == "skipped":
+        if r["status"] == Status.SKIPPED:
             reason = headline(r.get("message")) or "skipped"
             counts[reason] = counts.get(reason, 0) + 1
     return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))

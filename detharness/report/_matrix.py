@@ -12,11 +12,12 @@ from typing import Any
 from tabulate import tabulate
 
 from detharness.report._format import markdown_cell as _cell
+from detharness.results import Status
 
 # Wide matrices are read row by row; a column per environment is what the reader scans, so the
 # statuses get short names.
-_SHORT = {"identical": "=", "close": "close", "known": "known", "skipped": "skip", "missing": "missing",
-          "diverged": "DIVERGED", "mismatch": "MISMATCH", "error": "ERROR"}
+_SHORT = {Status.IDENTICAL.value: "=", Status.SKIPPED.value: "skip",
+          **{s.value: s.value.upper() for s in Status if s.severity > Status.MISSING.severity}}
 LEGEND = "= bitwise identical to the baseline; close: within tolerance but not bitwise; skip: not run on one side"
 
 
