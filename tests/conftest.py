@@ -102,3 +102,19 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env.pop("CI", None)
     return subprocess.run([sys.executable, "-m", "detharness", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+
+
+@pytest.fixture
+def session_severities(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The log severity of every ONNX Runtime session opened while the test runs (-1: no options)."""
+    import onnxruntime
+
+    severities: list[int] = []
+    real = onnxruntime.InferenceSession
+
+    def recording(*args: object, sess_options: object = None, **kwargs: object) -> object:
+        severities.append(getattr(sess_options, "log_severity_level", -1))
+        return real(*args, sess_options=sess_options, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    return severities

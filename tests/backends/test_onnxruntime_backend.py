@@ -239,20 +239,12 @@ def test_a_built_model_with_unloaded_external_data_is_refused(backend: OnnxRunti
 
 
 def test_every_session_the_backend_opens_logs_errors_only(
-    backend: OnnxRuntimeBackend, monkeypatch: pytest.MonkeyPatch
+    backend: OnnxRuntimeBackend, monkeypatch: pytest.MonkeyPatch, session_severities: list[int]
 ) -> None:
-    import onnxruntime
 
     from detharness.backends import onnxruntime_backend
 
-    severities: list[int] = []
-    real = onnxruntime.InferenceSession
-
-    def recording(*args: Any, sess_options: Any = None, **kwargs: Any) -> Any:
-        severities.append(sess_options.log_severity_level if sess_options is not None else -1)
-        return real(*args, sess_options=sess_options, **kwargs)
-
-    monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
+    severities = session_severities
     monkeypatch.setattr(onnxruntime_backend, "_PROBED", {})  # the bfloat16 probe opens sessions too
     run(backend, dense_relu(), np.ones((1, 4), dtype="float32"))
     backend.supports(VariantSpec("cpu", "bfloat16", "opt:all", is_module=True))
