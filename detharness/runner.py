@@ -231,14 +231,14 @@ def checked_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     datetime64; a structured array)."""
     for name, array in outputs.items():
         try:
-            known = dtype_name(array.dtype) in ALL_DTYPES
+            known = array.dtype.kind in "US" or dtype_name(array.dtype) in ALL_DTYPES
         except (TypeError, ValueError):
             known = False
         if not known:
             shown = "None" if array.dtype.kind == "O" and array.shape == () and array.item() is None else \
                 f"an array of dtype {array.dtype}"
             raise OutputError(f"output {name!r} is {shown}; outputs are arrays of numbers, bools or strings "
-                              f"({', '.join(ALL_DTYPES)})")
+                              f"({', '.join(ALL_DTYPES)}, str)")
     return outputs
 
 
