@@ -39,7 +39,7 @@ def test_the_two_opening_commands_use_the_pins() -> None:
     blocks = re.findall(r"```sh\n(.*?)```", README, re.S)[:2]
     assert all('pip install -e ".[all]" -c ci/pins/cpu.txt' in block for block in blocks)
     assert "detharness run" in blocks[0] and "--report" in blocks[0]
-    test_command = "python -m pytest" + blocks[1].split("python -m pytest", 1)[1].strip()
+    test_command = "python -m pytest " + blocks[1].split("python -m pytest", 1)[1].strip()
     assert "--dh-cases cases" in test_command  # the case library runs once, through the plugin
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()  # CI runs the README's command
 
