@@ -197,6 +197,11 @@ class VariantLog:
     def __bool__(self) -> bool:
         return bool(self.stdout or self.stderr or self.warnings)
 
+    def with_warnings(self, more: list[str]) -> VariantLog:
+        """This log with ``more`` warnings after its own (what the runner itself has to say)."""
+        return VariantLog(stdout=self.stdout, stderr=self.stderr, warnings=[*self.warnings, *more],
+                          truncated=self.truncated)
+
     def to_json(self) -> dict[str, Any]:
         return {"stdout": self.stdout, "stderr": self.stderr, "warnings": list(self.warnings),
                 "truncated": self.truncated}

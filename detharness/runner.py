@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,7 +35,7 @@ import numpy as np
 
 from detharness import environment as env_mod
 from detharness import roundtrip as rt
-from detharness.backends import Backend, UnsupportedVariant, VariantSpec, get_backend, load_backend
+from detharness.backends import Backend, UnsupportedVariant, VariantSpec, get_backend, load_backend, state
 from detharness.backends.base import jsonable
 from detharness.cases import Case, Context, Registry, Variant, discover, display_path
 from detharness.checks import CHECKS, Plan, checks_for, needed
@@ -138,7 +139,24 @@ def task_for(v: Variant, inputs: Mapping[str, np.ndarray], params: Mapping[str, 
 
 
 def execute(backend: Backend, c: Case, task: Task) -> Reply:
-    """Run one variant with a loaded backend; never raises for the case's own failures."""
+    """Run one variant with a loaded backend; never raises for the case's own failures.
+
+    The global switches that change numerics (:mod:`detharness.backends.state`) are put back as
+    they were before the variant; what it changed is recorded in its ``info`` and ``log``.
+    """
+    before = state.snapshot()
+    try:
+        reply = _execute(backend, c, task)
+    finally:
+        changed = state.restore(before)
+    if changed:
+        reply.info = {**reply.info, "state_changed": changed}
+        reply.log.warnings.append("the variant changed global settings (restored after it): " +
+                                  "; ".join(f"{key}: {values[0]} -> {values[1]}" for key, values in changed.items()))
+    return reply
+
+
+def _execute(backend: Backend, c: Case, task: Task) -> Reply:
     impl = c.impls[task.impl]
     reply = Reply(id=task.id, outcome=Outcome.OK)
     if task.device not in backend.devices():
@@ -361,8 +379,37 @@ def captured(into: list[VariantLog]) -> Iterator[None]:
 # -- worker processes --------------------------------------------------------------------------
 
 
+def _detach_worker(parent: int) -> None:
+    """Make this worker a process group of its own that dies with detharness.
+
+    Its own group: a terminal's Ctrl-C reaches detharness alone (which ends the workers, printing
+    one line), and the runner ends the whole group with the worker, children a case forked
+    included. Dying with the parent: a kill -9 of detharness must not leave a worker running a
+    hung variant forever (Linux's PR_SET_PDEATHSIG; everywhere, a watchdog thread that ends the
+    group once the parent is gone).
+    """
+    with contextlib.suppress(OSError):
+        os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        with contextlib.suppress(OSError):
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="detharness-parent-watchdog", daemon=True).start()
+
+
 def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str, case_paths: list[str],
-                 deterministic: bool) -> None:
+                 deterministic: bool, parent: int = 0) -> None:
+    _detach_worker(parent or os.getppid())
     logs: list[VariantLog] = []
     try:
         with captured(logs):
@@ -388,7 +435,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
                 reply = Reply.failure(message.id, f"case {message.case} is not in this worker's case files")
             else:
                 reply = execute(backend, case, message)
-        reply.log = logs[-1]
+        reply.log = logs[-1].with_warnings(reply.log.warnings)
         conn.send(("result", reply))
 
 
@@ -422,28 +469,56 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, name=f"detharness-{self.backend}", daemon=True,
-                                   args=(child, self.backend, self.case_paths, self.deterministic))
+                                   args=(child, self.backend, self.case_paths, self.deterministic, os.getpid()))
         self.process.start()
         self.started = True
         child.close()
         self.conn = parent
         # Importing a framework can take a while on a cold disk: allow it beyond one variant's timeout.
         message = self._receive(max(self.timeout, 300.0))
-        if message is None:
-            self.hello = Hello(error=f"{self.backend} worker did not start: {_describe_exit(self.process.exitcode)}")
-            self.stop()
-        else:
+        if message is not None and message[0] == "hello" and isinstance(message[1], Hello):
             self.hello = message[1]
+        else:
+            why = _describe_exit(self.process.exitcode) if message is None else f"its first message {message[1]}"
+            self.hello = Hello(error=f"{self.backend} worker did not start: {why}")
+            self.stop()
         return self.hello
 
     def _receive(self, timeout: float) -> tuple[str, Any] | None:
+        """The worker's next message; None if it ended or said nothing in ``timeout`` seconds;
+        ``("garbage", why)`` for bytes that are not a message of ours (a variant that wrote to the
+        pipe's file descriptor). A message cut short cannot hang the reader: past the timeout the
+        worker is ended, which closes the pipe."""
         assert self.conn is not None and self.process is not None
+        deadline = time.monotonic() + timeout
         try:
-            if self.conn.poll(timeout):
-                return self.conn.recv()  # type: ignore[no-any-return]
+            if not self.conn.poll(timeout):
+                return None
+            timer = threading.Timer(max(1.0, deadline - time.monotonic()), self._kill)
+            timer.start()
+            try:
+                message = self.conn.recv()
+            finally:
+                timer.cancel()
         except (EOFError, OSError):
             self.process.join(5)
-        return None
+            return None
+        except Exception as exc:  # unpickling what is not a pickle
+            return ("garbage", f"could not be read ({type(exc).__name__}: {str(exc)[:200]})")
+        if not (isinstance(message, tuple) and len(message) == 2 and message[0] in ("hello", "result")):
+            return ("garbage", f"was not a message of detharness's (a {type(message).__name__})")
+        return message
+
+    def _kill(self) -> None:
+        """End the worker and every process of its group (children a case forked)."""
+        process = self.process
+        if process is None:
+            return
+        if process.is_alive():
+            process.kill()
+        if process.pid is not None:
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
 
     def run(self, task: Task) -> Reply:
         # Restarted after a crash or a timeout; one that could not start answers with why, not
@@ -456,8 +531,14 @@ class Worker:
         with contextlib.suppress(BrokenPipeError, OSError):
             self.conn.send(task)
         message = self._receive(self.timeout)
+        if message is not None and message[0] == "result" and isinstance(message[1], Reply) \
+                and message[1].id == task.id:
+            return message[1]
         if message is not None:
-            return message[1]  # type: ignore[no-any-return]
+            detail = message[1] if message[0] == "garbage" else f"answered another variant ({message[1]!r:.80})"
+            self.stop()
+            return Reply.failure(task.id, f"the worker's answer {detail}: did the variant write to detharness's "
+                                          "pipe? The worker was restarted for the next variants")
         alive = self.process.is_alive()
         reason = f"timed out after {self.timeout:g} s" if alive else _describe_exit(self.process.exitcode)
         self.stop()
@@ -469,9 +550,8 @@ class Worker:
                 self.conn.send(None)
         if self.process is not None:
             self.process.join(0.5)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join(5)
+            self._kill()  # the worker if it is still there, and what its variants left running
+            self.process.join(5)
         self.process = None
 
 
@@ -495,7 +575,7 @@ class _InProcess:
         logs: list[VariantLog] = []
         with captured(logs):
             reply = execute(self.backend, case, task)
-        reply.log = logs[-1]
+        reply.log = logs[-1].with_warnings(reply.log.warnings)
         return reply
 
     def stop(self) -> None:
