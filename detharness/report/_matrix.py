@@ -11,7 +11,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from detharness.report._format import markdown_cell as _cell
+from detharness.report._escape import md_code, md_html, md_text, terminal_safe
 from detharness.results import Status
 
 # Wide matrices are read row by row; a column per environment is what the reader scans, so the
@@ -53,28 +53,30 @@ def pairs_table(matrix: Mapping[str, Any], fmt: str) -> str:
     """A triangle: how many outputs differ bitwise between two environments, of how many both ran."""
     labels = [matrix["baseline"], *matrix["environments"]]
     counts = {(p["a"], p["b"]): p for p in matrix.get("pairs", [])}
+    escape = md_text if fmt == "github" else terminal_safe
     rows = []
     for i, a in enumerate(labels):
-        row = [a]
+        row = [escape(a)]
         for j, b in enumerate(labels):
             pair = counts.get((a, b)) or counts.get((b, a))
             row.append("" if j <= i or pair is None else f"{pair['differing']}/{pair['compared']}")
         rows.append(row)
-    return str(tabulate(rows, headers=["", *labels], tablefmt=fmt, disable_numparse=True))
+    return str(tabulate(rows, headers=["", *map(escape, labels)], tablefmt=fmt, disable_numparse=True))
 
 
 def text_sections(report: Mapping[str, Any]) -> list[str]:
     lines: list[str] = []
     profiles = report.get("profiles")
     if profiles:
-        lines += ["", "profiles:", tabulate(profile_rows(profiles), headers=PROFILE_HEADERS, tablefmt="simple",
-                                            disable_numparse=True)]
+        rows = [[terminal_safe(c) for c in row] for row in profile_rows(profiles)]
+        lines += ["", "profiles:", tabulate(rows, headers=PROFILE_HEADERS, tablefmt="simple", disable_numparse=True)]
     matrix = report.get("matrix")
     if not matrix:
         return lines
-    envs = matrix["environments"]
-    rows = matrix_rows(matrix, "cases", only_differing=True)
-    lines += ["", f"matrix: worst status of each case against the baseline {matrix['baseline']!r} ({LEGEND})"]
+    envs = [terminal_safe(e) for e in matrix["environments"]]
+    rows = [[terminal_safe(c) for c in row] for row in matrix_rows(matrix, "cases", only_differing=True)]
+    baseline = terminal_safe(repr(matrix["baseline"]))
+    lines += ["", f"matrix: worst status of each case against the baseline {baseline} ({LEGEND})"]
     if rows:
         lines.append(tabulate(rows, headers=["case", *envs], tablefmt="simple", disable_numparse=True))
     same = len(matrix.get("cases", {})) - len(rows)
@@ -84,7 +86,7 @@ def text_sections(report: Mapping[str, Any]) -> list[str]:
                   pairs_table(matrix, "simple")]
     attribution = report.get("attribution") or []
     lines += ["", "attribution:" if attribution else "attribution: no output differs from the baseline"]
-    lines += [f"  - {entry['line']}" for entry in attribution]
+    lines += [f"  - {terminal_safe(entry['line'])}" for entry in attribution]
     return lines
 
 
@@ -92,7 +94,7 @@ def markdown_sections(report: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     profiles = report.get("profiles")
     if profiles:
-        rows = [[_cell(c) for c in row] for row in profile_rows(profiles)]
+        rows = [[md_text(c) for c in row] for row in profile_rows(profiles)]
         out += ["### Profiles", "", tabulate(rows, headers=PROFILE_HEADERS, tablefmt="github", disable_numparse=True), ""]
     matrix = report.get("matrix")
     if not matrix:
@@ -100,21 +102,22 @@ def markdown_sections(report: Mapping[str, Any]) -> list[str]:
     attribution = report.get("attribution") or []
     out += ["### Attribution", ""]
     for entry in attribution:
-        out.append(f"- {_cell(entry['line'])}")
+        out.append(f"- {md_text(entry['line'])}")
         members = entry.get("members") or []
         if len(members) > 3:  # the line names three; the rest are one click away
-            names = ", ".join(f"`{_cell(m['variant'])}`" + (f" {_cell(m['output'])}" if m.get("output") else "")
-                              for m in members)
+            # Raw HTML (a <details> line is not markdown): HTML-escaped text, <code> for code.
+            names = ", ".join(f"<code>{md_html(m['variant'])}</code>" + (f" {md_html(m['output'])}" if m.get("output")
+                                                                        else "") for m in members)
             out.append(f"  <details><summary>all {len(members)} outputs</summary>{names}</details>")
     if not attribution:
         out.append("No output differs from the baseline.")
     out.append("")
     envs = matrix["environments"]
-    headers = [f"`{_cell(e)}`" for e in envs]
-    rows = [[f"`{_cell(r[0])}`", *r[1:]] for r in matrix_rows(matrix, "cases", only_differing=False)]
-    out += [f"### Matrix against `{_cell(matrix['baseline'])}`", "", f"_{LEGEND}._", "",
+    headers = [md_code(e) for e in envs]
+    rows = [[md_code(r[0]), *map(md_text, r[1:])] for r in matrix_rows(matrix, "cases", only_differing=False)]
+    out += [f"### Matrix against {md_code(matrix['baseline'])}", "", f"_{LEGEND}._", "",
             tabulate(rows, headers=["case", *headers], tablefmt="github", disable_numparse=True), ""]
-    differing = [[f"`{_cell(r[0])}`", *r[1:]] for r in matrix_rows(matrix, "variants", only_differing=True)]
+    differing = [[md_code(r[0]), *map(md_text, r[1:])] for r in matrix_rows(matrix, "variants", only_differing=True)]
     if differing:
         out += [f"<details><summary>{len(differing)} variant(s) not bitwise identical somewhere</summary>", "",
                 tabulate(differing, headers=["variant", *headers], tablefmt="github", disable_numparse=True), "",

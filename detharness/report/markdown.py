@@ -7,10 +7,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from detharness.report import render_sections
+from detharness.report._escape import md_text, terminal_safe
 from detharness.report._format import summary_line
 
 
 def render(report: Mapping[str, Any]) -> str:
-    out = [f"## {report.get('title', 'detharness')}", "", f"**{summary_line(report)}**", ""]
+    """Everything that is not the report's own markup is escaped for where it goes (see
+    :mod:`detharness.report._escape`): a case id, a message or an environment value from user code
+    or from a bundle made elsewhere can neither break a table nor add HTML."""
+    out = [f"## {md_text(report.get('title', 'detharness'))}", "", f"**{md_text(summary_line(report))}**", ""]
     out += render_sections("md", report)
-    return "\n".join(out)
+    # The sections escape what they take from results; this catches a registered section that does not.
+    return terminal_safe("\n".join(out), multiline=True)

@@ -8,8 +8,8 @@ from typing import Any
 from tabulate import tabulate
 
 from detharness.report import Section, register_section
+from detharness.report._escape import md_code, md_fence, md_html, md_text, terminal_safe
 from detharness.report._format import env_diff_text, headline, number, skipped_reasons
-from detharness.report._format import markdown_cell as _cell
 from detharness.report._matrix import markdown_sections, text_sections
 from detharness.results import QUIET, Status
 
@@ -35,12 +35,18 @@ def _failures(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 def _note(r: Mapping[str, Any], width: int | None = None) -> str:
     if Status(r["status"]).passed:
         return ""
-    note = headline(r.get("message"))
+    note = terminal_safe(headline(r.get("message")))
     return note if width is None or len(note) <= width else note[:width - 3] + "..."
 
 
+def _numbers(r: Mapping[str, Any]) -> list[str]:
+    # A stored report or bundle can hold any string where a number belongs: the callers escape these too.
+    return [number(r.get("max_ulp")), number(r.get("max_abs")), number(r.get("max_scaled"))]
+
+
 def _title(r: Mapping[str, Any]) -> str:
-    return f"{r['status'].upper()} {r['check']} {r['variant']}" + (f" output {r['output']!r}" if r["output"] else "")
+    title = f"{r['status'].upper()} {r['check']} {r['variant']}" + (f" output {r['output']!r}" if r["output"] else "")
+    return terminal_safe(title)
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -50,8 +56,8 @@ def text_table(report: Mapping[str, Any]) -> list[str]:
     results = _shown(report)
     if not results:
         return []
-    rows = [[r["status"], r["check"], r["variant"], r["output"] or "", number(r.get("max_ulp")),
-             number(r.get("max_abs")), number(r.get("max_scaled")), _note(r, 80)] for r in results]
+    rows = [[*map(terminal_safe, (r["status"], r["check"], r["variant"] or "", r["output"] or "", *_numbers(r))),
+             _note(r, 80)] for r in results]
     return [tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True)]
 
 
@@ -59,15 +65,16 @@ def text_failures(report: Mapping[str, Any]) -> list[str]:
     failures = _failures(report)
     lines: list[str] = []
     for r in failures[:MAX_DETAILS]:
-        lines += ["", f"--- {_title(r)}", (r.get("message") or "").rstrip()]
+        # The message keeps its own lines; everything else is one line.
+        lines += ["", f"--- {_title(r)}", terminal_safe((r.get("message") or "").rstrip(), multiline=True)]
         if r.get("traceback"):
             tail = r["traceback"].rstrip().splitlines()[-TRACEBACK_LINES:]
             lines += ["traceback (last lines; all of it in the JSON report and the bundle):",
-                      *[f"  {line}" for line in tail]]
+                      *[f"  {terminal_safe(line)}" for line in tail]]
         if r.get("env_diff"):
-            lines.append("environment differs: " + env_diff_text(r["env_diff"], limit=12))
+            lines.append("environment differs: " + terminal_safe(env_diff_text(r["env_diff"], limit=12)))
         if r.get("reproduce"):
-            lines.append(f"reproduce: {r['reproduce']}")
+            lines.append(f"reproduce: {terminal_safe(r['reproduce'])}")
     if len(failures) > MAX_DETAILS:
         lines.append(f"\n({len(failures) - MAX_DETAILS} more failures: use --format json or --report FILE for all)")
     return lines
@@ -77,7 +84,7 @@ def text_skipped(report: Mapping[str, Any]) -> list[str]:
     skipped = skipped_reasons(report["results"])
     if not skipped:
         return []
-    return ["", "skipped:", *[f"  {count:4d}  {reason}" for reason, count in skipped]]
+    return ["", "skipped:", *[f"  {count:4d}  {terminal_safe(reason)}" for reason, count in skipped]]
 
 
 # -- markdown ---------------------------------------------------------------------------------
@@ -87,9 +94,9 @@ def markdown_environments(report: Mapping[str, Any]) -> list[str]:
     envs = report.get("environments") or {}
     if not envs:
         return []
-    rows = [[f"`{eid[:12]}`", *[_cell(str(fp.get(k, ""))) for k in _ENV_KEYS]] for eid, fp in envs.items()]
+    rows = [[md_code(str(eid)[:12]), *[md_text(fp.get(k, "")) for k in _ENV_KEYS]] for eid, fp in envs.items()]
     return ["<details><summary>Environments</summary>", "",
-            tabulate(rows, headers=["id", *_ENV_KEYS], tablefmt="github"), "", "</details>", ""]
+            tabulate(rows, headers=["id", *_ENV_KEYS], tablefmt="github", disable_numparse=True), "", "</details>", ""]
 
 
 def markdown_failures(report: Mapping[str, Any]) -> list[str]:
@@ -98,15 +105,17 @@ def markdown_failures(report: Mapping[str, Any]) -> list[str]:
         return []
     out = ["### Failures", ""]
     for r in failures:
-        title = f"{r['status']} · {r['check']} · `{r['variant']}`" + (f" · `{r['output']}`" if r["output"] else "")
-        out += [f"<details><summary>{title}</summary>", "", "```", (r.get("message") or "").rstrip(), "```", ""]
+        # A <summary> line is raw HTML (not markdown): its text is HTML-escaped, the backticks are literal.
+        title = f"{md_html(r['status'])} · {md_html(r['check'])} · `{md_html(r['variant'])}`"
+        title += f" · `{md_html(r['output'])}`" if r["output"] else ""
+        out += [f"<details><summary>{title}</summary>", "", *md_fence((r.get("message") or "").rstrip()), ""]
         if r.get("traceback"):
-            out += ["<details><summary>Traceback</summary>", "", "```", r["traceback"].rstrip(), "```", "",
+            out += ["<details><summary>Traceback</summary>", "", *md_fence(r["traceback"].rstrip()), "",
                     "</details>", ""]
         if r.get("env_diff"):
-            out += [f"Environment differs: {_cell(env_diff_text(r['env_diff'], limit=12))}", ""]
+            out += [f"Environment differs: {md_text(env_diff_text(r['env_diff'], limit=12))}", ""]
         if r.get("reproduce"):
-            out += ["Reproduce:", "", "```sh", r["reproduce"], "```", ""]
+            out += ["Reproduce:", "", *md_fence(r["reproduce"], "sh"), ""]
         out += ["</details>", ""]
     return out
 
@@ -115,8 +124,8 @@ def markdown_table(report: Mapping[str, Any]) -> list[str]:
     results = _shown(report)
     if not results:
         return []
-    rows = [[r["status"], r["check"], f"`{_cell(r['variant'] or '')}`", r["output"] or "", number(r.get("max_ulp")),
-             number(r.get("max_abs")), number(r.get("max_scaled")), _cell(_note(r))] for r in results[:MAX_ROWS]]
+    rows = [[md_text(r["status"]), md_text(r["check"]), md_code(r["variant"] or ""), md_text(r["output"] or ""),
+             *map(md_text, _numbers(r)), md_text(_note(r))] for r in results[:MAX_ROWS]]
     out = ["### Results", "", tabulate(rows, headers=_HEADERS, tablefmt="github", disable_numparse=True), ""]
     if len(results) > MAX_ROWS:
         out += [f"_{len(results) - MAX_ROWS} more results in the JSON report._", ""]
@@ -128,7 +137,7 @@ def markdown_skipped(report: Mapping[str, Any]) -> list[str]:
     if not skipped:
         return []
     return ["<details><summary>Skipped</summary>", "",
-            tabulate([[n, _cell(reason)] for reason, n in skipped], headers=["count", "reason"], tablefmt="github"),
+            tabulate([[n, md_text(reason)] for reason, n in skipped], headers=["count", "reason"], tablefmt="github"),
             "", "</details>", ""]
 
 

@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from detharness.report import render_sections
+from detharness.report._escape import terminal_safe
 from detharness.report._format import summary_line
 
 
 def render(report: Mapping[str, Any]) -> str:
     lines = render_sections("text", report)
-    lines += ["", f"{report.get('title', 'detharness')}: {summary_line(report)}"]
-    return "\n".join(lines) + "\n"
+    lines += ["", terminal_safe(f"{report.get('title', 'detharness')}: {summary_line(report)}")]
+    # The sections escape what they take from results; this catches a registered section that does not.
+    return terminal_safe("\n".join(lines), multiline=True) + "\n"
