@@ -51,6 +51,10 @@ MAX_SET_SIZE = 3
 LINE_MEMBERS = 3
 LINE_ALTERNATIVES = 3
 
+#: The key under which attribution weighs a case's own fingerprint (its code and options), as the
+#: environment check's ``env_diff`` names it: a changed case is named as a code change.
+CASE_KEY = "case.fingerprint"
+
 # Fingerprint prefixes that belong to a backend: for a torch variant, torch.cpu_capability explains
 # more than env.ATEN_CPU_CAPABILITY (the variable may be unknown and fall back), and both explain
 # more than an unrelated key that happens to co-vary.
@@ -111,7 +115,8 @@ def compare_bundles(records: Sequence[RunRecord], labels: Sequence[str], *, matc
         backends = {vid: v.backend for r in records for vid, v in r.variants.items()}
         extra["matrix"] = build_matrix(environments, results)
         extra["attribution"] = attribute(results, environments, backends=backends,
-                                         outcomes=variant_outcomes(records, labels))
+                                         outcomes=variant_outcomes(records, labels),
+                                         case_fingerprints=case_fingerprints(records, labels))
         if all_pairs:
             extra["matrix"]["pairs"] = pairwise_differences(records, labels, match_device=match_device,
                                                             keyword=keyword)
@@ -214,7 +219,8 @@ def _any_of(differing: Sequence[Mapping[str, Any]], agreeing: Sequence[Mapping[s
 
 
 def _prefixes(variant: str, backend: str | None) -> tuple[str, ...]:
-    """The fingerprint prefixes of the backends a variant runs on (an onnx mode runs in onnxruntime)."""
+    """The fingerprint prefixes of the backends a variant runs on (an onnx mode runs in onnxruntime),
+    and the case's own (``case.fingerprint``): a changed case explains its variants first."""
     try:
         _case, impl, _device, _dtype, mode = parse_variant_id(variant)
     except CaseError:
@@ -222,7 +228,7 @@ def _prefixes(variant: str, backend: str | None) -> tuple[str, ...]:
     names = [backend or impl]
     if mode.startswith("onnx"):
         names.append("onnxruntime")
-    return tuple(p for name in names for p in _BACKEND_PREFIXES.get(name, (name,)))
+    return ("case", *(p for name in names for p in _BACKEND_PREFIXES.get(name, (name,))))
 
 
 def _condition(keys: Sequence[str], tuples: Iterable[tuple[Any, ...]]) -> str:
@@ -245,9 +251,19 @@ def variant_outcomes(records: Sequence[RunRecord], labels: Sequence[str]) -> dic
     return outcomes
 
 
+def case_fingerprints(records: Sequence[RunRecord], labels: Sequence[str]) -> dict[str, dict[str, str]]:
+    """case id -> label -> the case's fingerprint in that bundle (where the bundle has the case)."""
+    found: dict[str, dict[str, str]] = {}
+    for label, record in zip(labels, records, strict=True):
+        for case_id, case in record.cases.items():
+            found.setdefault(case_id, {})[label] = case.fingerprint
+    return found
+
+
 def attribute(results: Iterable[Result], environments: Sequence[Environment], *,
               backends: Mapping[str, str] | None = None,
-              outcomes: Mapping[str, Mapping[str, str]] | None = None) -> list[dict[str, Any]]:
+              outcomes: Mapping[str, Mapping[str, str]] | None = None,
+              case_fingerprints: Mapping[str, Mapping[str, str]] | None = None) -> list[dict[str, Any]]:
     """Attribution entries, one per group of outputs that diverge in the same environments for the same keys.
 
     ``environments[0]`` is the baseline; results carry ``candidate_label``. An entry of kind
@@ -258,6 +274,10 @@ def attribute(results: Iterable[Result], environments: Sequence[Environment], *,
     compared), the best separating ``keys`` with the values on each side, ``alternatives`` (other
     key sets that separate as well), its ``members`` (variant, output, status, max ULP), the worst
     ``status``, and ``line``, the sentence the reports print.
+
+    ``case_fingerprints`` (see :func:`case_fingerprints`) adds each case's own fingerprint to the
+    environments of its variants as ``case.fingerprint``: a case whose code changed between the
+    bundles is named as the cause ("the case's code changed") rather than left unexplained.
     """
     backends = backends or {}
     by_label = {e.label: e for e in environments}
@@ -270,12 +290,19 @@ def attribute(results: Iterable[Result], environments: Sequence[Environment], *,
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     separations: dict[tuple[Any, ...], list[tuple[str, ...]]] = {}
 
+    def fingerprint(label: str, case: str) -> Mapping[str, Any]:
+        own = (case_fingerprints or {}).get(case)
+        if not own:
+            return by_label[label].fingerprint
+        return {**by_label[label].fingerprint, CASE_KEY: own.get(label)}
+
     def add(kind: str, variant: str, differing: list[str], agreeing: list[str], member: dict[str, Any]) -> None:
         unknown = sorted(e.label for e in environments if e.label not in differing and e.label not in agreeing)
         prefer = _prefixes(variant, backends.get(variant))
-        d_fps = [by_label[x].fingerprint for x in differing]
-        a_fps = [by_label[x].fingerprint for x in agreeing]
-        memo = (tuple(differing), tuple(agreeing), prefer)
+        d_fps = [fingerprint(x, member["case"]) for x in differing]
+        a_fps = [fingerprint(x, member["case"]) for x in agreeing]
+        own = (case_fingerprints or {}).get(member["case"]) or {}
+        memo = (tuple(differing), tuple(agreeing), prefer, tuple(own.get(x) for x in (*differing, *agreeing)))
         if memo not in separations:
             separations[memo] = separating_keys(d_fps, a_fps, prefer=prefer)
         found = separations[memo]
@@ -359,6 +386,8 @@ def _line(group: Mapping[str, Any], baseline: str) -> str:
         if len(alternatives) > LINE_ALTERNATIVES:
             shown.append(f"{len(alternatives) - LINE_ALTERNATIVES} more")
         line += f" (also separated by {', '.join(shown)})"
+    if CASE_KEY in keys:  # a code change, not the environment: say so first
+        line = f"the case's code changed: {line}"
     return line
 
 

@@ -100,6 +100,30 @@ class KnownDivergence:
                 return False
         return True
 
+    def unmet(self, variant_id: str, check: str, environment: Mapping[str, Any],
+              baseline: str | None = None) -> tuple[int, str] | None:
+        """Why this declaration does not cover a result: the first condition that fails, or None
+        when it applies (as :meth:`applies`).
+
+        The condition is said as the report shows it (``when torch.cpu_capability=DEFAULT, this
+        environment has AVX512``), with how many of the four (``variants``, ``checks``,
+        ``against``, ``when``) held before it: the closer a declaration came, the more likely it
+        is the one its author meant for this result.
+        """
+        if not fnmatch.fnmatchcase(variant_id, self.variants):
+            return 0, f"variants {self.variants} does not match {variant_id}"
+        if check not in self.checks:
+            return 1, f"checks {', '.join(self.checks) or '(none)'} do not include the {check} check"
+        if self.against != "*" and (baseline is None or not fnmatch.fnmatchcase(baseline, self.against)):
+            return 2, f"against {self.against}, this result is held against {baseline or 'nothing'}"
+        for key, pattern in self.when.items():
+            value = environment.get(key)
+            if value is None:
+                return 3, f"when {key}={pattern}, this environment does not record {key}"
+            if not fnmatch.fnmatchcase(str(value), pattern):
+                return 3, f"when {key}={pattern}, this environment has {value}"
+        return None
+
     def to_json(self) -> dict[str, Any]:
         data = {"reason": self.reason, "variants": self.variants, "checks": list(self.checks), "when": dict(self.when)}
         if self.against != "*":
@@ -517,13 +541,54 @@ def _where(fn: Any) -> str:
     return f"{display_path(file or '?')}:{line}"
 
 
+def _home() -> Path | None:
+    """The home folder, resolved; ``None`` when unset or the filesystem root (nothing to hide)."""
+    import os
+
+    home = os.environ.get("HOME")
+    if not home:
+        return None
+    resolved = Path(home).resolve()
+    return None if resolved == Path(resolved.anchor) else resolved
+
+
 def display_path(path: str | Path) -> str:
-    """A path as a user would type it: relative to the working directory when under it."""
-    p = Path(path)
+    """A path as a user would type it: relative to the working directory when under it, else
+    ``~/...`` when under the home folder (so bundles and reports carry no home-folder name).
+
+    For a command line to paste into a shell use :func:`shell_path`: a shell does not expand a
+    quoted ``'~/...'``.
+    """
+    p = Path(path).expanduser()
+    resolved = p.resolve()
     try:
-        return str(p.resolve().relative_to(Path.cwd().resolve()))
+        return str(resolved.relative_to(Path.cwd().resolve()))
     except ValueError:
-        return str(p)
+        pass
+    home = _home()
+    if home is not None and (resolved == home or home in resolved.parents):
+        rest = resolved.relative_to(home).as_posix()
+        return "~" if rest == "." else f"~/{rest}"
+    return str(p)
+
+
+def shell_path(path: str | Path) -> str:
+    """``path`` as one shell word that names it when pasted into a shell, from any folder: a path
+    under the home folder (or written ``~/...``) as ``"$HOME"/rest``, anything else quoted
+    (:func:`shlex.quote`). A relative path stays relative."""
+    import shlex
+
+    text = str(path)
+    if text == "~" or text.startswith("~/"):
+        text = str(Path(text).expanduser())
+    home = _home()
+    if home is not None and Path(text).is_absolute():
+        absolute = Path(text).resolve()
+        if absolute == home:
+            return '"$HOME"'
+        if home in absolute.parents:
+            return '"$HOME"/' + shlex.quote(absolute.relative_to(home).as_posix())
+    return shlex.quote(text)
 
 
 def _make_arrays(c: Case, factory: InputFactory | None, *, stream: int, what: str) -> ArrayDict:
@@ -688,8 +753,11 @@ def load_case_file(file: Path, registry: Registry) -> None:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             sys.modules.pop(module_name, None)
-            line = _error_line(exc, resolved)
-            raise CaseError(f"case file {file} failed to import{line}: {type(exc).__name__}: {exc}") from exc
+            from detharness.report._escape import terminal_safe
+
+            # One line with nothing a terminal acts on: the message is user code's (newlines, escape codes).
+            message = f"case file {file} failed to import{_error_line(exc, resolved)}: {type(exc).__name__}: {exc}"
+            raise CaseError(terminal_safe(message)) from exc
     registry.files.append(str(resolved))
 
 

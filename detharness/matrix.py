@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detharness.errors import DetHarnessError, UsageError
+from detharness.results import Outcome, Status
 
 if TYPE_CHECKING:
     from detharness.record import RunRecord
@@ -380,12 +381,14 @@ def _last_line(text: str, prefer: tuple[str, ...] = ()) -> str:
 
 @dataclass
 class ProfileOutcome:
-    """What happened to one profile: ``ok``, ``setup failed`` or ``run failed``, and why."""
+    """What happened to one profile: ``ok``, ``errors`` (it ran and wrote its bundle, but some of its
+    variants or checks errored: ``errors`` counts them), ``setup failed`` or ``run failed``, and why."""
 
     name: str
     changes: str
     status: str = "ok"
     reason: str = ""
+    errors: int = 0
     bundle: str | None = None
     log: str | None = None
     exit_code: int | None = None
@@ -401,8 +404,38 @@ class ProfileOutcome:
     # one rather than reading and hashing the bundle a second time.
     record: RunRecord | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def ran(self) -> bool:
+        """Whether the profile wrote a bundle that can be compared (``ok`` or ``errors``)."""
+        return self.status in RAN_STATUSES
+
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "record"}
+
+
+#: The statuses of a profile whose run wrote a readable bundle.
+RAN_STATUSES: tuple[str, ...] = ("ok", "errors")
+
+
+def _run_errors(outcome: ProfileOutcome, record: RunRecord) -> None:
+    """A run that wrote its bundle but had errors is ``errors``, never ``ok``: say how many and the first."""
+    failed = [r for r in record.verdicts if r.status == Status.ERROR]
+    if failed:
+        count, first = len(failed), f"{failed[0].variant}: {_first_line(failed[0].message)}"
+    else:  # a bundle without the run's verdicts: its variants say it
+        broken = [v for v in record.variants.values() if v.status == Outcome.ERROR]
+        count = len(broken)
+        first = f"{broken[0].id}: {_first_line(broken[0].error)}" if broken else ""
+    if not count:
+        return
+    outcome.errors = count
+    outcome.status = "errors"
+    outcome.reason = (f"its run had {count} error{'s' if count != 1 else ''} (exit {outcome.exit_code}); "
+                      f"first: {first} (see {outcome.log})")
+
+
+def _first_line(text: str | None) -> str:
+    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "error")
 
 
 def profile_environment(profile: Profile, overlay: Path | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -521,7 +554,9 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
                     outcome.bundle, outcome.record = str(bundle), record
                     outcome.environment_id = record.environment_id
                     _check_outcome(outcome, profile, record.environment)
-        if outcome.status == "ok" and inputs_from is None:
+                    if outcome.status == "ok":
+                        _run_errors(outcome, record)
+        if outcome.ran and inputs_from is None:
             inputs_from = bundle  # the first profile that ran provides everyone's inputs
         note = f" ({'; '.join(outcome.notes)})" if outcome.notes else ""
         progress(f"{tag}: {outcome.status}{': ' + outcome.reason if outcome.reason else ''} in {outcome.seconds:.1f}s{note}")
@@ -557,14 +592,17 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
     """Compare every bundle that was written against the baseline's (or the first that ran).
 
     A profile that failed adds one ``error`` result (check ``matrix``), so it shows in the summary
-    and fails the exit code like any other error.
+    and fails the exit code like any other error. A profile whose run had errors (status
+    ``errors``) is compared like one that is ``ok``: its errors are ``error`` results of the
+    comparison, whatever the other side did; with no other bundle to compare it with, it adds one
+    ``matrix`` error itself.
     """
     from detharness import attribution, checks
     from detharness import record as record_mod
     from detharness import report as report_mod
-    from detharness.results import Result, Status
+    from detharness.results import Result
 
-    ran = [o for o in outcomes if o.status == "ok" and o.bundle]
+    ran = [o for o in outcomes if o.ran and o.bundle]
     results: list[Result] = []
     extra: dict[str, Any] = {"profiles_file": spec.path, "profiles": [o.to_json() for o in outcomes],
                              "bundles": [o.bundle for o in ran]}
@@ -577,7 +615,11 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
             results += compared
             extra.update(nway)
     for o in outcomes:
-        if o.status != "ok":
+        if o.status == "errors" and len(ran) < 2:
+            # Nothing to compare it with: its errors would show nowhere else.
+            results.append(checks.new_result("matrix", "", f"profile {o.name}", Status.ERROR,
+                                              f"profile {o.name} ({o.changes}): {o.status}: {o.reason}"))
+        elif not o.ran:
             results.append(checks.new_result("matrix", "", f"profile {o.name}", Status.ERROR,
                                               f"profile {o.name} ({o.changes}): {o.status}: {o.reason}"))
     return report_mod.build(results, environments, title=f"detharness matrix ({Path(spec.path).name})",

@@ -255,3 +255,49 @@ def test_pairwise_differences_keyword_matches_case_tags_like_run_does() -> None:
         r.cases["models/softmax"] = CaseRecord(id="models/softmax", fingerprint="f", tags=["attention-family"])
     (pair,) = attribution.pairwise_differences(records, ["baseline", "aten-default"], keyword="attention-family and torch")
     assert (pair["compared"], pair["differing"]) == (1, 1)
+
+
+def test_a_case_whose_code_changed_is_named_as_a_code_change_not_nondeterminism() -> None:
+    """Alike in every environment key, but the case's code changed in one bundle: attribution says so,
+    as the two-way ``env_diff`` does (``case.fingerprint``)."""
+    from detharness.record import CaseRecord
+
+    y = np.linspace(0, 1, 64, dtype=np.float32)
+    records = []
+    for label, code, out in (("baseline", "c0de0000aaaa1111", y), ("rerun", "c0de0000aaaa1111", y),
+                             ("edited", "feedbeef22223333", y + 1)):
+        one = record("baseline", {SOFTMAX: out})
+        one.cases = {"models/softmax": CaseRecord(id="models/softmax", fingerprint=code)}
+        one.path = label
+        records.append(one)
+    results, extra = compare_bundles(records, ["baseline", "rerun", "edited"])
+    (changed,) = [r for r in results if r.candidate_label == "edited"]
+    assert changed.status == "diverged"
+    assert changed.env_diff == {"case.fingerprint": ["c0de0000aaaa1111", "feedbeef22223333"]}
+    (entry,) = extra["attribution"]
+    assert entry["keys"] == ["case.fingerprint"] and entry["exact"]
+    assert entry["line"] == ("the case's code changed: every environment with case.fingerprint=feedbeef22223333 "
+                             "[edited] differs from baseline on models/softmax[torch:cpu:float32:eager] y (diverged, 1,065,353,216 ulp); "
+                             "the 2 with case.fingerprint=c0de0000aaaa1111 agree")
+    # Without the case fingerprints (an older caller), the same results are nondeterminism.
+    envs = [Environment(label, r.environment_id, r.environment) for label, r in
+            zip(["baseline", "rerun", "edited"], records, strict=True)]
+    (blind,) = attribute(results, envs)
+    assert blind["line"].startswith("no recorded key separates")
+
+
+def test_a_changed_case_beside_an_environment_change_is_named_first_and_errors_too() -> None:
+    envs = environments("baseline", "aten-default", "omp-1")
+    results = [result("aten-default", SOFTMAX, "close", max_ulp=3), result("omp-1", SOFTMAX, "identical")]
+    code = {"models/softmax": {"baseline": "a", "aten-default": "b", "omp-1": "a"}}
+    (entry,) = attribute(results, envs, backends={SOFTMAX: "torch"}, case_fingerprints=code)
+    assert entry["keys"] == ["case.fingerprint"]
+    assert ["torch.cpu_capability"] in entry["alternatives"]
+    assert entry["line"].startswith("the case's code changed: every environment with case.fingerprint=b [aten-default]")
+    # A variant that errors only where the code changed.
+    outcomes = {SOFTMAX: {"baseline": "ok", "aten-default": "error", "omp-1": "ok"}}
+    errors = [result("aten-default", SOFTMAX, "error", output=None), result("omp-1", SOFTMAX, "identical")]
+    (failing,) = attribute(errors, envs, backends={SOFTMAX: "torch"}, outcomes=outcomes, case_fingerprints=code)
+    assert failing["kind"] == "errors" and failing["keys"] == ["case.fingerprint"]
+    assert failing["line"].startswith("the case's code changed: every environment with case.fingerprint=b "
+                                      "[aten-default] fails on")

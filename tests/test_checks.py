@@ -177,3 +177,118 @@ def test_a_result_round_trips_through_json_and_ignores_unknown_keys() -> None:
     data = result.to_json()
     assert Result.from_json({**data, "added_by_a_newer_version": 1}) == result
     assert data["status"] == "diverged" and data["first_divergence"] is None
+
+
+# -- a failure is never masked: an error on either side is an error of the comparison -----------
+
+
+@pytest.mark.parametrize("order", ["baseline errored", "candidate errored"])
+def test_environment_check_an_error_on_one_side_is_not_hidden_by_a_skip_on_the_other(order: str) -> None:
+    errored = _variant("t", dtype="bfloat16", status="error", traceback="Traceback ...\nIR version 14")
+    errored.error = "Unsupported model IR version: 14"
+    skipped = _variant("t", dtype="bfloat16", status="skipped")
+    skipped.error = "bfloat16 needs a newer onnxruntime"
+    base, cand = (_record(errored), _record(skipped)) if order == "baseline errored" else \
+        (_record(skipped), _record(errored))
+    (result,) = environment_check(base, cand)
+    side, other = ("baseline", "candidate") if order == "baseline errored" else ("candidate", "baseline")
+    assert result.status == "error"
+    assert result.message == (f"{side}: Unsupported model IR version: 14 "
+                              f"({other} skipped: bfloat16 needs a newer onnxruntime)")
+    assert result.traceback == "Traceback ...\nIR version 14" and result.reproduce
+    assert summarize([result]) == {"error": 1} and failed([result], ("error",))
+
+
+def test_environment_check_an_error_on_both_sides_or_beside_a_missing_variant_is_an_error() -> None:
+    (both,) = environment_check(_record(_variant("t", status="error")), _record(_variant("t", status="error")))
+    assert (both.status, both.message) == ("error", "baseline: boom; candidate: boom")
+    (alone,) = environment_check(_record(), _record(_variant("t", status="error")))
+    assert (alone.status, alone.message) == ("error", "candidate: boom (only in the candidate bundle)")
+
+
+def test_device_check_a_cuda_error_is_not_hidden_by_a_cpu_twin_that_skipped_or_did_not_run() -> None:
+    cuda = _variant("t", device="cuda", status="error")
+    for record in (_record(_variant("t", status="skipped"), cuda), _record(cuda)):
+        (result,) = device_check(record)
+        assert (result.status, result.message, result.baseline) == ("error", "boom", "demo/case[t:cpu:float32:eager]")
+
+
+def test_device_check_a_cpu_twin_error_is_not_hidden_by_a_cuda_variant_that_skipped() -> None:
+    (result,) = device_check(_record(_variant("t", status="error"), _variant("t", device="cuda", status="skipped")))
+    assert (result.status, result.message) == ("error", "reference demo/case[t:cpu:float32:eager] failed: boom")
+    # Nothing failed and nothing ran: still no result.
+    assert device_check(_record(_variant("t", status="skipped"), _variant("t", device="cuda", status="skipped"))) == []
+
+
+def test_backend_check_a_failed_reference_is_not_hidden_by_a_skipped_candidate() -> None:
+    ref = _variant("ref", dtype="float64", reference=True, status="error")
+    (result,) = backend_check(_record(ref, _variant("x", status="skipped")))
+    assert (result.status, result.message) == ("error", "reference demo/case[ref:cpu:float64:eager] failed: boom")
+    # A candidate's own error still comes first; a skipped reference hides nothing.
+    (own,) = backend_check(_record(_variant("ref", dtype="float64", reference=True, status="skipped"),
+                                   _variant("x", status="error")))
+    assert (own.status, own.message) == ("error", "boom")
+
+
+def test_rng_check_a_cpu_stream_error_is_not_hidden_by_a_device_that_skipped() -> None:
+    record = _record(_variant("t", status="error"), _variant("t", device="cuda", status="skipped"))
+    record.cases["demo/case"].kind = "rng"
+    results = [(r.variant, r.status, r.message) for r in CHECKS["rng"].judge(record)]
+    assert ("demo/case[t:cuda:float32:eager]", "error", "reference demo/case[t:cpu:float32:eager] failed: boom") \
+        in results
+    assert ("demo/case[t:cpu:float32:eager]", "error", "boom") in results
+
+
+# -- a declared known divergence that does not apply says why ---------------------------------
+
+
+def test_a_declaration_whose_when_does_not_hold_is_named_with_the_condition_that_failed() -> None:
+    known = [KnownDivergence("aten default kernels", variants="*[off:*", when={"torch.cpu_capability": "DEFAULT"})]
+    (result,) = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), known=known,
+                                      env={"torch.cpu_capability": "AVX512"}))
+    assert result.status == "diverged" and result.known_reason is None
+    first, rest = result.message.split("\n", 1)
+    assert first == ("declared known divergence 'aten default kernels' does not apply here: "
+                     "when torch.cpu_capability=DEFAULT, this environment has AVX512")
+    assert rest.startswith("DIVERGED")
+    # A key the environment does not record at all.
+    (unrecorded,) = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), known=known))
+    assert unrecorded.message.splitlines()[0].endswith(
+        "when torch.cpu_capability=DEFAULT, this environment does not record torch.cpu_capability")
+
+
+@pytest.mark.parametrize(("declared", "why"), [
+    (KnownDivergence("r", variants="*[other:*"), "variants *[other:* does not match demo/case[off:cpu:float32:eager]"),
+    (KnownDivergence("r", checks=("device",)), "checks device do not include the backend check"),
+    (KnownDivergence("r", against="*[*:cuda:*"),
+     "against *[*:cuda:*, this result is held against demo/case[ref:cpu:float64:eager]"),
+])
+def test_each_condition_of_a_declaration_that_does_not_hold_is_said(declared: KnownDivergence, why: str) -> None:
+    (result,) = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), known=[declared]))
+    assert result.status == "diverged"
+    assert result.message.splitlines()[0] == f"declared known divergence 'r' does not apply here: {why}"
+
+
+def test_the_declaration_that_came_closest_is_named_and_the_others_counted() -> None:
+    known = [KnownDivergence("for jax", variants="*[jax:*"),
+             KnownDivergence("old numpy", variants="*[off:*", when={"numpy.version": "2.2.*"}),
+             KnownDivergence("for the device check", variants="*[off:*", checks=("device",))]
+    (result,) = backend_check(_record(_ref(), _variant("off", y=X + 1e-3), known=known))
+    assert result.message.splitlines()[0] == ("declared known divergence 'old numpy' does not apply here: when "
+                                              "numpy.version=2.2.*, this environment has 2.4.6 "
+                                              "(2 other declarations do not apply either)")
+    # Passing results and cases without declarations are left as they were.
+    (passing,) = backend_check(_record(_ref(), _variant("same"), known=known))
+    assert passing.status == "close" and "declared" not in passing.message
+    (plain,) = backend_check(_record(_ref(), _variant("off", y=X + 1e-3)))
+    assert plain.message.startswith("DIVERGED")
+
+
+def test_known_divergence_unmet_agrees_with_applies() -> None:
+    k = KnownDivergence("r", variants="*[t:*", checks=("environment",), when={"a.b": "1*"}, against="*cpu*")
+    for vid, check, env, base in [("x[t:cpu]", "environment", {"a.b": "12"}, "b[cpu]"),
+                                  ("x[u:cpu]", "environment", {"a.b": "12"}, "b[cpu]"),
+                                  ("x[t:cpu]", "backend", {"a.b": "12"}, "b[cpu]"),
+                                  ("x[t:cpu]", "environment", {"a.b": "2"}, "b[cpu]"),
+                                  ("x[t:cpu]", "environment", {"a.b": "12"}, None)]:
+        assert (k.unmet(vid, check, env, base) is None) == k.applies(vid, check, env, base)

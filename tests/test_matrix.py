@@ -295,3 +295,60 @@ def test_a_real_matrix_attributes_softmax_to_torchs_capability_and_survives_fail
     again = run_cli("matrix", str(path), "--out", str(out))
     assert (again.returncode, again.stderr) == (2, f"detharness: error: --out {out}: not an empty folder; "
                                                    "choose a new one\n")
+
+
+FAKE_RUN = '''\
+import sys
+
+import numpy as np
+
+from detharness import record as record_mod
+from detharness.record import RunRecord, VariantRecord
+from detharness.results import Result
+
+out = sys.argv[sys.argv.index("--out") + 1]
+profile = out.rsplit("/", 1)[-1]
+vid = "models/linear[torch:cpu:bfloat16:onnx]"
+ok = VariantRecord(id="models/linear[torch:cpu:float32:eager]", case="models/linear", impl="torch",
+                   backend="torch", device="cpu", dtype="float32", mode="eager", status="ok",
+                   outputs={"y": np.zeros(4, np.float32)})
+if profile == "baseline":
+    onnx = VariantRecord(id=vid, case="models/linear", impl="torch", backend="torch", device="cpu",
+                         dtype="bfloat16", mode="onnx", status="skipped", error="bfloat16 not supported here")
+    verdicts = []
+else:
+    onnx = VariantRecord(id=vid, case="models/linear", impl="torch", backend="torch", device="cpu",
+                         dtype="bfloat16", mode="onnx", status="error",
+                         error="worker crashed: Unsupported model IR version: 14")
+    verdicts = [Result(check="backend", case="models/linear", variant=vid, status="error",
+                       message="worker crashed: Unsupported model IR version: 14")]
+record = RunRecord(environment={"profile.name": profile}, environment_id=profile + "-id",
+                   variants={v.id: v for v in (ok, onnx)}, verdicts=verdicts)
+record_mod.save(record, out)
+sys.exit(1 if verdicts else 0)
+'''
+
+
+def test_a_profile_whose_run_had_errors_is_not_ok_and_its_errors_fail_the_matrix(tmp_path: Path) -> None:
+    """Its run exited 1 with errors where the baseline skipped: not ``ok``, and the comparison is an error."""
+    script = tmp_path / "fake_python"
+    script.write_text(f"#!{sys.executable}\n" + "import runpy, sys\nsys.argv = sys.argv[2:]\n"
+                      f"runpy.run_path({str(tmp_path / 'fake_run.py')!r}, run_name='__main__')\n")
+    script.chmod(0o755)
+    (tmp_path / "fake_run.py").write_text(FAKE_RUN)
+    spec = parse_profiles("[profiles.baseline]\n[profiles.onnxruntime-1-31]\n")
+    outcomes = matrix.run_matrix(spec, tmp_path / "out", python=str(script))
+    status = {o.name: (o.status, o.errors, o.exit_code) for o in outcomes}
+    assert status == {"baseline": ("ok", 0, 0), "onnxruntime-1-31": ("errors", 1, 1)}
+    assert outcomes[1].reason.startswith("its run had 1 error (exit 1); first: models/linear[torch:cpu:bfloat16:onnx]: "
+                                         "worker crashed: Unsupported model IR version: 14 (see ")
+    report = matrix.matrix_report(spec, outcomes)
+    assert [p["status"] for p in report["profiles"]] == ["ok", "errors"]
+    errors = [(r["check"], r["variant"], r["message"]) for r in report["results"] if r["status"] == "error"]
+    assert errors == [("environment", "models/linear[torch:cpu:bfloat16:onnx]",
+                       "candidate: worker crashed: Unsupported model IR version: 14 "
+                       "(baseline skipped: bfloat16 not supported here)")]
+    assert report["summary"]["error"] == 1
+    # Alone, its errors have nothing to surface through: the matrix reports them itself.
+    alone = matrix.matrix_report(parse_profiles("[profiles.onnxruntime-1-31]\n"), outcomes[1:])
+    assert [(r["check"], r["status"]) for r in alone["results"]] == [("matrix", "error")]

@@ -177,6 +177,9 @@ class TorchBackend(Backend):
         }
         if torch.cuda.is_available():
             result.update(_gpu_fingerprint(torch))
+        # The onnx modes load ONNX Runtime (and the exporters' onnx and onnxscript) in this worker:
+        # their versions are part of this environment whichever backend loads them.
+        result.update(onnx_stack_versions())
         return result
 
     # -- devices, dtypes, arrays ------------------------------------------------------------------
@@ -379,6 +382,34 @@ def quiet_export() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+#: Fingerprint key -> the distributions that install it, in the order they are looked for: the
+#: CPU wheel, then the accelerated ones (they install the same ``onnxruntime`` package).
+ONNX_STACK: dict[str, tuple[str, ...]] = {
+    "onnx.version": ("onnx",),
+    "onnxscript.version": ("onnxscript",),
+    "onnxruntime.version": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                            "onnxruntime-qnn", "onnxruntime-rocm", "onnxruntime-training"),
+}
+
+
+def onnx_stack_versions() -> dict[str, str]:
+    """The installed versions of onnx, onnxscript and onnxruntime, from package metadata.
+
+    Read without importing them (importing onnxruntime costs a worker's start-up a second), so the
+    fingerprint is the same whether or not a variant has loaded them yet. What is not installed is
+    left out; the same keys and values as the onnxruntime backend's fingerprint, so the two merge.
+    """
+    found: dict[str, str] = {}
+    for key, distributions in ONNX_STACK.items():
+        for distribution in distributions:
+            try:
+                found[key] = importlib.metadata.version(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            break
+    return found
 
 
 def _gpu_fingerprint(torch: Any) -> dict[str, Any]:

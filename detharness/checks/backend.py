@@ -59,7 +59,10 @@ class BackendCheck:
                 ref = record.variants.get(case.reference_variant or "")
                 if ref is None:
                     continue
-                if v.status == Outcome.OK and ref.status != Outcome.OK:
+                # An error on either side is an error of the comparison: the candidate's own error
+                # first, then the reference's (which a skipped candidate must not hide).
+                if v.status != Outcome.ERROR and (ref.status == Outcome.ERROR or
+                                                  (v.status == Outcome.OK and ref.status != Outcome.OK)):
                     results.append(reference_failed(self.name, v, ref, reproduce))
                     continue
                 ref_id, expected = ref.id, ref.outputs

@@ -88,7 +88,7 @@ def apply_known(result: Result, case: CaseRecord | None, environment: Mapping[st
         return result
     known = case.known_for(result.variant, result.check, environment, result.baseline)
     if known is None:
-        return result
+        return _not_covered(result, case, environment)
     if result.status in (Status.DIVERGED, Status.MISMATCH):
         return result.replace(status=Status.KNOWN, underlying_status=result.status, known_reason=known.reason,
                               message=f"known divergence ({known.reason}); underlying: {result.status}\n"
@@ -97,6 +97,23 @@ def apply_known(result: Result, case: CaseRecord | None, environment: Mapping[st
         return result.replace(stale_known=known.reason,
                               message=f"declared known divergence no longer happens (stale): {known.reason}")
     return result
+
+
+def _not_covered(result: Result, case: CaseRecord, environment: Mapping[str, Any]) -> Result:
+    """A failing result no declaration covers, in a case that declares some: say first which
+    declaration came closest and which of its conditions does not hold here."""
+    if result.status not in (Status.DIVERGED, Status.MISMATCH) or not case.known:
+        return result
+    unmet = [(found, index, k) for index, k in enumerate(case.known)
+             if (found := k.unmet(result.variant, result.check, environment, result.baseline)) is not None]
+    if not unmet:
+        return result
+    (_held, why), _index, closest = max(unmet, key=lambda u: (u[0][0], -u[1]))
+    line = f"declared known divergence {closest.reason!r} does not apply here: {why}"
+    others = len(unmet) - 1
+    if others:
+        line += f" ({others} other declaration{'s do' if others > 1 else ' does'} not apply either)"
+    return result.replace(message=f"{line}\n{result.message}")
 
 
 def not_ok(check: str, v: VariantRecord, baseline: str | None, reproduce: str | None,

@@ -44,18 +44,21 @@ class DeviceCheck:
               baseline: RunRecord | None = None) -> list[Result]:
         results: list[Result] = []
         for v in selected(record, only):
-            if v.device == "cpu" or v.status == Outcome.SKIPPED or not judges(case_kind(record, v), v.mode):
+            if v.device == "cpu" or not judges(case_kind(record, v), v.mode):
                 continue
-            cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
-            if cpu is None or cpu.status == Outcome.SKIPPED:
-                continue
+            cpu_id = variant_id(v.case, v.impl, "cpu", v.dtype, v.mode)
+            cpu = record.variants.get(cpu_id)
             reproduce = reproduce_run(record, f"{v.case}[{v.impl}:", self.name)
-            if v.status != Outcome.OK:
-                results.append(not_ok(self.name, v, cpu.id, reproduce))
+            # An error on either side is an error of the comparison: a CPU twin that skipped (or
+            # was not run) never hides the device variant's error, nor the other way round.
+            if v.status == Outcome.ERROR:
+                results.append(not_ok(self.name, v, cpu_id, reproduce))
                 continue
-            if cpu.status != Outcome.OK:
+            if cpu is not None and cpu.status == Outcome.ERROR:
                 results.append(reference_failed(self.name, v, cpu, reproduce))
                 continue
+            if v.status != Outcome.OK or cpu is None or cpu.status != Outcome.OK:
+                continue  # nothing was compared, and nothing failed
             verdict = compare(dict(cpu.outputs), dict(v.outputs), tolerance=tolerance_map(v))
             results += [apply_known(result, record.cases.get(v.case), record.environment)
                         for result in verdict_results(self.name, v.case, v.id, verdict, baseline=cpu.id,

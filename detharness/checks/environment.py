@@ -86,6 +86,22 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
         reproduce = reproduce_compare(baseline, vid)
         base_side = f"{base_name}:{b.id}" if b else None
         cand_side = f"{cand_name}:{c.id}" if c else None
+        # An error on either side is an error of the comparison, whatever the other side did
+        # (skipped, missing or errored too): a skip or a missing twin never hides it.
+        failed = [(side, v) for side, v in (("baseline", b), ("candidate", c))
+                  if v is not None and v.status == Outcome.ERROR]
+        if failed:
+            message = "; ".join(f"{side}: {v.error or 'error'}" for side, v in failed)
+            if b is None or c is None:
+                message += f" (only in the {'baseline' if b is not None else 'candidate'} bundle)"
+            elif len(failed) == 1:
+                other = c if failed[0][1] is b else b
+                if other.status == Outcome.SKIPPED:
+                    message += f" ({'candidate' if other is c else 'baseline'} skipped: {other.error or 'skipped'})"
+            results.append(new_result(check, one.case, vid, Status.ERROR, message, baseline=base_side,
+                                      candidate=cand_side, env_diff=this_diff, reproduce=reproduce,
+                                      traceback=failed[0][1].traceback))
+            continue
         if b is None or c is None:
             side = "baseline" if b is not None else "candidate"
             results.append(new_result(check, one.case, vid, Status.MISSING, f"only in the {side} bundle",
@@ -95,13 +111,6 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
             why = b.error if b.status == Outcome.SKIPPED else c.error
             results.append(new_result(check, c.case, vid, Status.SKIPPED, why or "skipped", baseline=base_side,
                                       candidate=cand_side, env_diff=this_diff))
-            continue
-        if b.status != Outcome.OK or c.status != Outcome.OK:
-            bad = b if b.status != Outcome.OK else c
-            which = "baseline" if bad is b else "candidate"
-            results.append(new_result(check, c.case, vid, Status.ERROR, f"{which}: {bad.error}", baseline=base_side,
-                                      candidate=cand_side, env_diff=this_diff, reproduce=reproduce,
-                                      traceback=bad.traceback))
             continue
         if case_b is not None and case_c is not None and case_b.inputs_digest != case_c.inputs_digest:
             results.append(new_result(check, c.case, vid, Status.MISMATCH,

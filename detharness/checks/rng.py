@@ -82,6 +82,12 @@ class RngCheck:
             reproduce = reproduce_run(record, v.id, self.name)
             if v.status != Outcome.OK:
                 results.append(not_ok(self.name, v, v.id, reproduce))
+                if v.status == Outcome.SKIPPED and v.device != "cpu":
+                    # The stream held against the CPU's: the CPU side's error is this comparison's
+                    # error, even where this device could not run.
+                    cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
+                    if cpu is not None and cpu.status == Outcome.ERROR:
+                        results.append(reference_failed(self.name, v, cpu, reproduce_run(record, cpu.id, self.name)))
                 continue
             if v.distinct_results is not None and v.distinct_results > 1 and v.repeat_outputs is not None:
                 results += stream_results(self.name, case, v, v.outputs, v.repeat_outputs,

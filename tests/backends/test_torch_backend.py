@@ -268,3 +268,50 @@ def test_export_onnx_pins_the_opset_and_restores_the_loggers(backend: TorchBacke
     assert onnx_logger.level == before
     with pytest.raises(ValueError, match="unknown ONNX exporter 'tflite'"):
         backend.export_onnx(module, (x,), "tflite")
+
+
+def test_fingerprint_records_the_onnx_stack_its_onnx_modes_load_without_importing_it(backend: TorchBackend) -> None:
+    """ONNX Runtime run only through torch's ``onnx`` mode is still in the environment: a pinned
+    onnxruntime changes the environment id, and the same keys as the onnxruntime backend's merge."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    from detharness import environment
+    from detharness.backends.torch_backend import onnx_stack_versions
+
+    pytest.importorskip("onnxruntime")
+    fp = backend.fingerprint()
+    assert fp["onnxruntime.version"] == importlib.metadata.version("onnxruntime")
+    assert fp["onnx.version"] == importlib.metadata.version("onnx")
+    assert fp["onnxscript.version"] == importlib.metadata.version("onnxscript")
+    # The onnxruntime backend records the same values under the same keys: merging is no conflict.
+    from detharness.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    ort = OnnxRuntimeBackend().fingerprint()
+    shared = set(fp) & set(ort)
+    assert {"onnxruntime.version", "onnx.version"} <= shared
+    assert {k: fp[k] for k in shared} == {k: ort[k] for k in shared}
+    assert environment.merge(fp, ort) == environment.merge(ort, fp)  # whichever backend's worker answers first
+    # Read from package metadata: nothing is imported for it (a fresh process still lacks onnxruntime).
+    code = ("import sys; from detharness.backends.torch_backend import onnx_stack_versions as f; v = f(); "
+            "print(v['onnxruntime.version'], 'onnxruntime' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [fp["onnxruntime.version"], "False"]
+    assert set(onnx_stack_versions()) == {"onnx.version", "onnxscript.version", "onnxruntime.version"}
+
+
+def test_a_missing_onnx_stack_is_left_out_and_another_onnxruntime_wheel_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    from detharness.backends import torch_backend
+
+    installed = {"onnxruntime-gpu": "1.31.1"}
+
+    def version(name: str) -> str:
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert torch_backend.onnx_stack_versions() == {"onnxruntime.version": "1.31.1"}
