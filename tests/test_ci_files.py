@@ -192,7 +192,9 @@ def test_dockerfiles_pass_hadolint_and_are_pinned_small_and_non_root(dockerfile:
     image = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
     assert image and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image.group(1))  # a full version tag
     assert re.search(r"^USER 10001:10001$", text, re.M)
-    assert re.search(r'^ENTRYPOINT \["detharness"\]$', text, re.M)
+    # an init as PID 1 (signals reach detharness, a case's forked children are reaped)
+    assert re.search(r'^ENTRYPOINT \["dumb-init", "--", "detharness"\]$', text, re.M)
+    assert "dumb-init==" in text
     assert "--no-cache-dir" in text
     for pins in re.findall(r"^COPY (ci/pins/\S+)", text, re.M):
         assert (ROOT / pins).exists(), pins
