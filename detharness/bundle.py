@@ -19,7 +19,11 @@ Trust: a bundle is data from elsewhere (a CI artifact). Reading it never unpickl
 ``raw`` arrays of an allowlisted dtype are read, with ``numpy.frombuffer``), never follows a path
 outside the bundle, and checks every array's size and sha256 before handing it out. Every way a
 bundle can be unusable is a :class:`~detharness.errors.BundleError` with one line that names the
-bundle and the problem; the CLI turns it into exit 2.
+bundle and the problem; the CLI turns it into exit 2. The manifest is parsed with limits (integer
+literals, nesting depth, no NaN, no lone surrogates: :func:`detharness.manifest.parse_json`), and a
+run record's manifest is checked field by field before use (:mod:`detharness.manifest`). Reading
+costs time in proportion to the bundle's size: each distinct array file is hashed once, however
+many refs name it, and :meth:`Bundle.array` keeps recently verified bytes for refs that repeat.
 
 Writes are atomic (temp file in the same folder, fsync, rename), so a reader or a merge never sees a
 half-written file, and concurrent writers of the same array (same content, same name) are safe.
@@ -44,6 +48,7 @@ import numpy as np
 from detharness._io import atomic_write_bytes, atomic_write_text, fsync_dir, json_dumps
 from detharness.dtypes import ALL_DTYPES, dtype_name, numpy_dtype
 from detharness.errors import BundleError, DtypeError
+from detharness.manifest import ManifestError, parse_json
 
 #: 2 adds, on each variant, ``traceback`` and ``log`` (stdout, stderr, warnings, truncated) and the
 #: reserved ``intermediates``, ``cache`` and ``shard``; on each result every field, ``null`` where
@@ -79,7 +84,12 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _STRING_NUMPY_DTYPE = re.compile(r"(<U|\|S)([1-9][0-9]{0,6})")
 _PART_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MAX_DIMS = 64  # numpy's own limit
+# numpy refuses an array whose nonzero sides times its itemsize overflow an intp, even an empty one.
+_MAX_ARRAY_BYTES = 2**62
 _HASH_CHUNK = 1 << 20
+# Bundle.array keeps the verified bytes of recently read arrays, up to this many bytes in all, so a
+# bundle that refers to one array 20,000 times reads and hashes it once.
+_READ_CACHE_BYTES = 256 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +322,9 @@ class Bundle:
         self.path = path
         self.manifest = manifest
         self._real_root = real_root
+        # sha256 -> the bytes read and hashed, most recently used last (see _READ_CACHE_BYTES).
+        self._read_cache: dict[str, bytes] = {}
+        self._read_cache_bytes = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
@@ -340,17 +353,19 @@ class Bundle:
         return bundle
 
     def verify(self) -> None:
-        """Check every array ref: its fields, its path, its file's size and sha256."""
+        """Check every array ref: its fields, its path, its file's size and sha256.
+
+        Each distinct file is hashed once, however many refs name it: the cost is that of the
+        manifest plus that of the distinct arrays, not of the refs times the arrays.
+        """
+        hashed: dict[str, tuple[int, str]] = {}  # real path -> (size, sha256) as read
         for location, ref in iter_array_refs(self.manifest):
             stored = _check_ref(self.path, self._real_root, location, ref)
             _check_size(self.path, location, stored)
-            digest = hashlib.sha256()
-            size = 0
-            with open(stored.real_path, "rb") as handle:
-                while chunk := handle.read(_HASH_CHUNK):
-                    digest.update(chunk)
-                    size += len(chunk)
-            _check_content(self.path, location, stored, size, digest.hexdigest())
+            if stored.real_path not in hashed:
+                hashed[stored.real_path] = _hash_file(self.path, location, stored)
+            size, digest = hashed[stored.real_path]
+            _check_content(self.path, location, stored, size, digest)
 
     def array(self, ref: Mapping[str, Any]) -> np.ndarray:
         """The read-only array that ``ref`` stands for, checked against the ref as it is read.
@@ -360,10 +375,23 @@ class Bundle:
         """
         location = "array"
         stored = _check_ref(self.path, self._real_root, location, ref)
-        _check_size(self.path, location, stored)
-        with open(stored.real_path, "rb") as handle:
-            data = handle.read()
-        _check_content(self.path, location, stored, len(data), hashlib.sha256(data).hexdigest())
+        data = self._read_cache.pop(stored.sha256, None)
+        if data is None:
+            _check_size(self.path, location, stored)
+            try:
+                with open(stored.real_path, "rb") as handle:
+                    data = handle.read(stored.nbytes + 1)
+            except OSError as error:
+                raise _refuse(self.path, f"{location}: array file {stored.relative!r} cannot be read: "
+                                         f"{error.strerror or error}") from None
+            _check_content(self.path, location, stored, len(data), hashlib.sha256(data).hexdigest())
+            self._read_cache_bytes += len(data)
+        self._read_cache[stored.sha256] = data  # most recently used last
+        while self._read_cache_bytes > _READ_CACHE_BYTES and len(self._read_cache) > 1:
+            oldest = next(iter(self._read_cache))
+            self._read_cache_bytes -= len(self._read_cache.pop(oldest))
+        # The cached bytes are the ones hashed; equal sha256 and size mean equal content.
+        _check_length(self.path, location, stored, len(data))
         return _decode(data, stored)
 
     def __repr__(self) -> str:
@@ -378,13 +406,15 @@ def _load_manifest(bundle_path: Path, manifest_path: Path) -> dict[str, Any]:
     except OSError as error:
         raise _refuse(bundle_path, f"{MANIFEST_NAME} cannot be read: {error.strerror}") from None
     try:
-        manifest = json.loads(text)
+        manifest = parse_json(text)
     except json.JSONDecodeError as error:
         raise _refuse(
             bundle_path, f"{MANIFEST_NAME} is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})"
         ) from None
-    except RecursionError:
-        raise _refuse(bundle_path, f"{MANIFEST_NAME} is nested too deeply") from None
+    except ManifestError as error:
+        raise _refuse(bundle_path, f"{MANIFEST_NAME}: {error}") from None
+    except (ValueError, RecursionError, MemoryError) as error:  # any other limit of the parser
+        raise _refuse(bundle_path, f"{MANIFEST_NAME} cannot be read: {type(error).__name__}: {error}") from None
     if not isinstance(manifest, dict):
         raise _refuse(bundle_path, f"{MANIFEST_NAME} is not a JSON object")
     if "tool" not in manifest:
@@ -456,6 +486,8 @@ def _check_ref(bundle_path: Path, real_root: str, location: str, ref: Any) -> _A
         or not all(isinstance(side, int) and not isinstance(side, bool) and side >= 0 for side in shape)
     ):
         raise refuse(f"shape must be a list of at most {_MAX_DIMS} non-negative integers, got {_show(shape)}")
+    if math.prod(max(side, 1) for side in shape) * stored_dtype.itemsize >= _MAX_ARRAY_BYTES:
+        raise refuse(f"shape {_show(shape)} is too large for an array of {name} (even an empty one)")
     expected_nbytes = math.prod(shape) * stored_dtype.itemsize
     nbytes = ref.get("nbytes", expected_nbytes)
     if nbytes != expected_nbytes or isinstance(nbytes, bool):
@@ -490,9 +522,29 @@ def _check_size(bundle_path: Path, location: str, stored: _ArrayFile) -> None:
         info = os.stat(stored.real_path)
     except FileNotFoundError:
         raise _refuse(bundle_path, f"{location}: array file {stored.relative!r} is missing") from None
+    except OSError as error:  # a symlink loop, arrays/ being a file, no permission
+        raise _refuse(
+            bundle_path, f"{location}: array file {stored.relative!r} cannot be read: {error.strerror or error}"
+        ) from None
     if not stat.S_ISREG(info.st_mode):
         raise _refuse(bundle_path, f"{location}: array file {stored.relative!r} is not a regular file")
     _check_length(bundle_path, location, stored, info.st_size)
+
+
+def _hash_file(bundle_path: Path, location: str, stored: _ArrayFile) -> tuple[int, str]:
+    """The size and sha256 of an array file, read at most one byte past its expected size."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(stored.real_path, "rb") as handle:
+            while size <= stored.nbytes and (chunk := handle.read(min(_HASH_CHUNK, stored.nbytes + 1 - size))):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as error:
+        raise _refuse(
+            bundle_path, f"{location}: array file {stored.relative!r} cannot be read: {error.strerror or error}"
+        ) from None
+    return size, digest.hexdigest()
 
 
 def _check_length(bundle_path: Path, location: str, stored: _ArrayFile, size: int) -> None:

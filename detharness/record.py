@@ -7,9 +7,10 @@ run and comparing two stored bundles are one code path.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from detharness import __version__
-from detharness.bundle import Bundle, BundleWriter
+from detharness.bundle import PARTS_DIR, Bundle, BundleWriter
 from detharness.cases import KnownDivergence
 from detharness.errors import BundleError
 from detharness.results import Outcome, Result, VariantLog
@@ -186,19 +187,38 @@ def save(record: RunRecord, path: str | Path) -> Path:
     """Write ``record`` as a bundle at ``path``; the manifest is written last, atomically."""
     writer = BundleWriter(path)
     writer.write_manifest(manifest_of(record, writer.put_array))
+    _drop_empty_parts(path)
     record.path = str(path)
     return Path(path)
 
 
+def _drop_empty_parts(path: str | Path) -> None:
+    """A finished bundle keeps no empty ``parts/`` folder (the writer makes one for parts)."""
+    with contextlib.suppress(OSError):
+        (Path(path) / PARTS_DIR).rmdir()
+
+
 def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[str, Any]], np.ndarray],
                          where: str) -> RunRecord:
+    """The run record a manifest (migrated to the current schema) describes, arrays read by ``read``.
+
+    The whole manifest is checked first (:mod:`detharness.manifest`): anything that does not fit is
+    a one-line :class:`BundleError` naming the bundle and the field, never another exception.
+    """
+    from detharness.manifest import ManifestError, check_record_manifest
+
+    try:
+        check_record_manifest(manifest)
+    except ManifestError as exc:
+        raise BundleError(_one_line(f"bundle {where}: {exc}")) from None
     try:
         cases = {
             cid: CaseRecord(
                 id=cid, fingerprint=c["fingerprint"], tags=list(c.get("tags", [])), location=c.get("location", ""),
                 inputs=LazyArrays(c.get("inputs", {}), read), params=LazyArrays(c.get("params", {}), read),
                 reference=c.get("reference"), reference_variant=c.get("reference_variant"),
-                reference_outputs=LazyArrays(c["reference_outputs"], read) if "reference_outputs" in c else None,
+                reference_outputs=LazyArrays(c["reference_outputs"], read) if c.get("reference_outputs") is not None
+                else None,
                 known=[KnownDivergence.from_json(k) for k in c.get("known", [])], inputs_digest=c.get("inputs_digest", ""),
                 kind=c.get("kind", "compute"),
             )
@@ -208,29 +228,37 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
             vid: VariantRecord(
                 id=vid, case=v["case"], impl=v["impl"], backend=v["backend"], device=v["device"], dtype=v["dtype"],
                 mode=v["mode"], status=Outcome(v["status"]), reference=v.get("reference", False),
-                error=v.get("error"), traceback=v.get("traceback"), log=VariantLog.from_json(v.get("log")),
+                error=v.get("error"), traceback=v.get("traceback"), log=VariantLog.from_json(v.get("log") or {}),
                 intermediates=v.get("intermediates"), cache=v.get("cache"), shard=v.get("shard"),
                 seconds=v.get("seconds"), outputs=LazyArrays(v.get("outputs", {}), read),
-                tolerances=dict(v.get("tolerances", {})), distinct_results=v.get("distinct_results"),
+                tolerances=dict(v.get("tolerances") or {}), distinct_results=v.get("distinct_results"),
                 repeat_outputs=LazyArrays(v["repeat_outputs"], read) if v.get("repeat_outputs") else None,
-                info=dict(v.get("info", {})), repeat=v.get("repeat"),
+                info=dict(v.get("info") or {}), repeat=v.get("repeat"),
                 roundtrip=_roundtrip_from_json(v.get("roundtrip"), read),
             )
             for vid, v in manifest["variants"].items()
         }
         return RunRecord(
             environment=dict(manifest["environment"]), environment_id=manifest["environment_id"], cases=cases,
-            variants=variants, options=dict(manifest.get("options", {})), created=manifest.get("created", ""),
-            verdicts=[Result.from_json(r) for r in manifest.get("verdicts", [])], path=where,
+            variants=variants, options=dict(manifest.get("options") or {}), created=manifest.get("created") or "",
+            verdicts=[Result.from_json(r) for r in manifest.get("verdicts") or []], path=where,
         )
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise BundleError(f"{where}: manifest is malformed ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as exc:  # a gap in the schema check
+        raise BundleError(_one_line(f"bundle {where}: manifest is malformed ({type(exc).__name__}: {exc})")) from None
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped and cut to 1,000 characters: a message stays one line."""
+    text = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return text if len(text) <= 1000 else text[:997] + "..."
 
 
 def load(path: str | Path) -> RunRecord:
     """Open and verify a bundle (every array's path, size and hash) and return its record."""
-    bundle = Bundle.open(path)
-    return record_from_manifest(bundle.manifest, bundle.array, str(path))
+    bundle = Bundle.open(path, verify=False)
+    record = record_from_manifest(bundle.manifest, bundle.array, str(path))  # the schema first: it is cheap
+    bundle.verify()
+    return record
 
 
 def save_part(record: RunRecord, path: str | Path, part_name: str) -> None:
@@ -242,8 +270,13 @@ def save_part(record: RunRecord, path: str | Path, part_name: str) -> None:
     writer.write_part(part_name, manifest_of(record, writer.put_array))
 
 
-def merge_parts(path: str | Path) -> Path:
-    """Merge every part under ``path`` into one manifest, written last and atomically."""
+def merge_parts(path: str | Path, expected: Iterable[str] | None = None) -> Path:
+    """Merge every part under ``path`` into one manifest, written last and atomically.
+
+    ``expected``: the variant ids the writers were meant to record (a pytest session's collected
+    items). Those no part holds (a killed xdist worker's) are listed under the manifest's top-level
+    ``"not_recorded"`` key, so a loss is written down, never silent.
+    """
     writer = BundleWriter(path)
     parts = writer.read_parts()
     if not parts:
@@ -260,5 +293,8 @@ def merge_parts(path: str | Path) -> Path:
     from detharness import environment as env_mod
 
     merged["environment_id"] = env_mod.environment_id(merged["environment"])
+    merged.pop("not_recorded", None)
+    if expected is not None:
+        merged["not_recorded"] = sorted(set(expected) - set(merged["variants"]))
     writer.write_manifest(merged)
     return Path(path)

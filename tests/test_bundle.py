@@ -752,3 +752,116 @@ def test_writer_refuses_a_file_where_the_bundle_should_be(tmp_path: Path) -> Non
     with pytest.raises(BundleError) as raised:
         BundleWriter(path)
     assert str(raised.value) == f"bundle {path}: exists and is not a directory"
+
+
+# --- hostile bundles: no input ends in anything but a BundleError ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("literal", "problem"),
+    [
+        ("9" * 5000, "manifest.json: an integer literal of 5000 characters (at most 40 are read)"),
+        ("-" + "1" * 41, "manifest.json: an integer literal of 42 characters (at most 40 are read)"),
+        ("NaN", "manifest.json: NaN is not JSON (detharness writes non-finite numbers as strings)"),
+        ("1e999", "manifest.json: the number 1e999 is out of range for a float"),
+        ("[" * 900 + "]" * 900, "manifest.json: nested more than 64 levels deep"),
+        ("[" * 100_000 + "]" * 100_000, "manifest.json: nested more than 64 levels deep"),
+    ],
+    ids=["int-5000-digits", "int-42-chars", "nan", "float-overflow", "nested-900", "nested-100000"],
+)
+def test_json_the_parser_would_choke_on_is_refused(bundle_dir: Path, literal: str, problem: str) -> None:
+    write_bundle(bundle_dir)
+    text = (bundle_dir / "manifest.json").read_text()
+    (bundle_dir / "manifest.json").write_text(text[:-1] + f', "extra": {literal}}}')
+    assert_refused(bundle_dir, f"bundle {bundle_dir}: {problem}")
+
+
+@pytest.mark.parametrize(
+    "shape", [[0, 2**63], [2**64, 0], [0, 2**62, 4], [2**31, 2**31, 0, 2]], ids=["2^63", "2^64", "2^62x4", "2^31x2^31"]
+)
+def test_empty_array_of_an_impossible_shape_is_refused(bundle_dir: Path, shape: list[int]) -> None:
+    manifest = write_bundle(bundle_dir, {"y": np.zeros(0, dtype=np.float32)})
+    manifest["outputs"]["y"]["shape"] = shape
+    rewrite_manifest(bundle_dir, manifest)
+    assert_refused(bundle_dir, f"bundle {bundle_dir}: outputs/y: shape {shape} is too large for an array of float32 "
+                               "(even an empty one)")
+
+
+def test_largest_empty_shape_numpy_takes_is_read(bundle_dir: Path) -> None:
+    manifest = write_bundle(bundle_dir, {"y": np.zeros(0, dtype=np.float32)})
+    manifest["outputs"]["y"]["shape"] = [0, 2**40, 2**20 - 1]
+    rewrite_manifest(bundle_dir, manifest)
+    assert Bundle.open(bundle_dir).array(manifest["outputs"]["y"]).shape == (0, 2**40, 2**20 - 1)
+
+
+def test_arrays_folder_that_is_a_file_is_refused(bundle_dir: Path) -> None:
+    manifest = write_bundle(bundle_dir)
+    (bundle_dir / "arrays" / f"{manifest['outputs']['y']['sha256']}.bin").unlink()
+    (bundle_dir / "arrays").rmdir()
+    (bundle_dir / "arrays").write_text("not a folder")
+    assert_refused(bundle_dir, f"bundle {bundle_dir}: outputs/y: array file {manifest['outputs']['y']['file']!r} "
+                               "cannot be read: Not a directory")
+
+
+@pytest.mark.parametrize("where", ["arrays", "file"])
+def test_symlink_loops_are_refused(bundle_dir: Path, where: str) -> None:
+    manifest = write_bundle(bundle_dir)
+    ref = manifest["outputs"]["y"]
+    if where == "arrays":
+        (bundle_dir / ref["file"]).unlink()
+        (bundle_dir / "arrays").rmdir()
+        os.symlink("arrays", bundle_dir / "arrays")
+    else:
+        (bundle_dir / ref["file"]).unlink()
+        os.symlink(f"{ref['sha256']}.bin", bundle_dir / ref["file"])
+    with pytest.raises(BundleError) as raised:
+        Bundle.open(bundle_dir)
+    assert str(raised.value).startswith(f"bundle {bundle_dir}: outputs/y: ")
+    assert "\n" not in str(raised.value)
+    with pytest.raises(BundleError):
+        Bundle.open(bundle_dir, verify=False).array(ref)
+
+
+def test_each_distinct_array_is_hashed_once(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20,000 refs to one 1 MiB array: one hash on open, one read for all of them after."""
+    manifest = write_bundle(bundle_dir, {"y": np.zeros(1 << 18, dtype=np.float32)})
+    ref = manifest["outputs"]["y"]
+    manifest["outputs"] = {f"y{index}": dict(ref) for index in range(20_000)}
+    rewrite_manifest(bundle_dir, manifest)
+    hashed: list[str] = []
+    real_hash_file = bundle_module._hash_file
+    monkeypatch.setattr(bundle_module, "_hash_file", lambda *args: hashed.append(args[1]) or real_hash_file(*args))
+    bundle = Bundle.open(bundle_dir)
+    assert hashed == ["outputs/y0"]
+    reads = 0
+    real_sha256 = hashlib.sha256
+
+    def counting_sha256(*args: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return real_sha256(*args)
+
+    monkeypatch.setattr(bundle_module.hashlib, "sha256", counting_sha256)
+    for one in manifest["outputs"].values():
+        assert bundle.array(one).nbytes == 1 << 20
+    assert reads == 1
+    monkeypatch.setattr(bundle_module.hashlib, "sha256", real_sha256)
+
+
+def test_a_ref_naming_cached_bytes_with_another_size_is_refused(bundle_dir: Path) -> None:
+    manifest = write_bundle(bundle_dir)
+    ref = manifest["outputs"]["y"]
+    bundle = Bundle.open(bundle_dir)
+    bundle.array(ref)
+    with pytest.raises(BundleError, match="is too long: expected 16 bytes, found 32"):
+        bundle.array({**ref, "shape": [4], "nbytes": 16})
+
+
+def test_array_file_that_grew_after_open_is_refused_without_reading_it_all(bundle_dir: Path) -> None:
+    manifest = write_bundle(bundle_dir)
+    ref = manifest["outputs"]["y"]
+    bundle = Bundle.open(bundle_dir)
+    with open(bundle_dir / ref["file"], "ab") as handle:
+        handle.write(b"\0" * (1 << 20))
+    with pytest.raises(BundleError, match="is too long: expected 32 bytes"):
+        bundle.array(ref)

@@ -89,6 +89,62 @@ def _foreign(bundle: Path) -> None:
     (bundle / "manifest.json").write_text(json.dumps({"schema": 1, "name": "some other tool"}))
 
 
+def _write(bundle: Path, manifest: dict) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _huge_int(bundle: Path) -> None:
+    text = (bundle / "manifest.json").read_text()
+    (bundle / "manifest.json").write_text(text.replace('"schema": 2', '"schema": ' + "9" * 5000, 1))
+
+
+def _huge_empty_shape(bundle: Path) -> None:
+    manifest = _manifest(bundle)
+    ref = _first_output_ref(manifest)
+    ref["shape"], ref["nbytes"] = [0, 2**63], 0
+    _write(bundle, manifest)
+
+
+def _tolerances_list(bundle: Path) -> None:
+    manifest = _manifest(bundle)
+    next(iter(manifest["variants"].values()))["tolerances"] = ["ulp(4)"]
+    _write(bundle, manifest)
+
+
+def _environment_id_number(bundle: Path) -> None:
+    manifest = _manifest(bundle)
+    manifest["environment_id"] = 12
+    _write(bundle, manifest)
+
+
+def _known_when_list(bundle: Path) -> None:
+    manifest = _manifest(bundle)
+    next(iter(manifest["cases"].values()))["known"] = [{"reason": "r", "when": ["x"]}]
+    _write(bundle, manifest)
+
+
+def _arrays_is_a_file(bundle: Path) -> None:
+    shutil.rmtree(bundle / "arrays")
+    (bundle / "arrays").write_text("")
+
+
+def _arrays_symlink_loop(bundle: Path) -> None:
+    shutil.rmtree(bundle / "arrays")
+    (bundle / "arrays").symlink_to("arrays")
+
+
+def _nested_900(bundle: Path) -> None:
+    manifest = _manifest(bundle)
+    manifest["options"]["deep"] = "@@"
+    (bundle / "manifest.json").write_text(json.dumps(manifest).replace('"@@"', "[" * 900 + "]" * 900))
+
+
+def _huge_environment_value(bundle: Path) -> None:
+    manifest = _manifest(bundle)
+    manifest["environment"]["env.HUGE"] = "x" * (50 << 20)
+    _write(bundle, manifest)
+
+
 @pytest.mark.parametrize(
     ("corrupt", "needle"),
     [
@@ -99,9 +155,19 @@ def _foreign(bundle: Path) -> None:
         (_newer_schema, "schema 999"),
         (_no_manifest, "manifest.json"),
         (_foreign, "not a detharness bundle"),
+        (_huge_int, "integer literal of 5000 characters"),
+        (_huge_empty_shape, ".shape[1]: 9223372036854775808 is out of range"),
+        (_tolerances_list, "].tolerances: expected a mapping of str to str or null, got list"),
+        (_environment_id_number, "environment_id: expected a string, got int"),
+        (_known_when_list, "].known[0].when: expected a mapping of str to str, got list"),
+        (_arrays_is_a_file, "cannot be read: not a directory"),
+        (_arrays_symlink_loop, "cannot be read: too many levels of symbolic links"),
+        (_nested_900, "nested more than 64 levels deep"),
+        (_huge_environment_value, "environment['env.huge']: a string of 52428800 characters (at most 4096)"),
     ],
     ids=["truncated-array", "edited-hash", "path-leaves-bundle", "pickled-array", "newer-schema", "missing-manifest",
-         "foreign"],
+         "foreign", "int-5000-digits", "empty-shape-2^63", "tolerances-list", "environment-id-number", "known-when-list",
+         "arrays-a-file", "arrays-symlink-loop", "nested-900", "environment-value-50mib"],
 )
 def test_unusable_bundle_exits_2_with_one_line(corrupt: Callable[[Path], None], needle: str, good_bundle: Path,
                                                tmp_path: Path) -> None:

@@ -167,9 +167,17 @@ def compare_arrays(
         return _compare_equality(expected, actual, actual_name, output, rule)
     if actual_name in _COMPLEX_PARTS:
         part = _COMPLEX_PARTS[actual_name]
-        expected = expected.view(np.dtype(part).newbyteorder(expected.dtype.byteorder)).reshape((*expected.shape, 2))
-        actual = actual.view(np.dtype(part).newbyteorder(actual.dtype.byteorder)).reshape((*actual.shape, 2))
+        # Real and imaginary parts as a last axis of 2; through a last axis of 1 first, since numpy
+        # cannot change the itemsize of a 0-d array's view.
+        expected = _parts(expected, part)
+        actual = _parts(actual, part)
     return _compare_values(expected, actual, expected_name, actual_name, output, rule)
+
+
+def _parts(array: np.ndarray, part: str) -> np.ndarray:
+    """A complex array as its real and imaginary parts, on a new last axis of 2."""
+    whole = np.ascontiguousarray(array).reshape((*array.shape, 1))
+    return whole.view(np.dtype(part).newbyteorder(array.dtype.byteorder))
 
 
 def _check_dtypes(expected_name: str, actual_name: str, output: str | None, rule: Tolerance) -> Verdict | None:

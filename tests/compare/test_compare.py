@@ -700,3 +700,12 @@ def test_bad_arguments() -> None:
         compare(array, array, "ulp(")
     with pytest.raises(DtypeError, match="compare\\(\\) cannot judge object arrays"):
         compare(np.array([None]), np.array([None]))
+
+
+def test_zero_dimensional_complex_outputs_compare() -> None:
+    """A 0-d complex array could not be split into its parts (numpy refuses an itemsize change of a
+    0-d view): a valid bundle ended compare with exit 3."""
+    same = compare({"y": np.asarray(np.complex64(1 + 2j))}, {"y": np.asarray(np.complex64(1 + 2j))})
+    assert same.status == "identical"
+    moved = compare(np.asarray(np.complex128(1 + 2j)), np.asarray(np.complex128(1 + 2.5j)))
+    assert moved.status == "diverged" and moved.worst_index == [1]
