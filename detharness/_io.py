@@ -1,4 +1,5 @@
-"""JSON encoding and atomic writes: what every file detharness writes (bundles, reports) goes through.
+"""JSON encoding, atomic writes and terminal-safe text: what every file and line detharness writes
+(bundles, reports, errors) goes through.
 
 At the bottom of the package: it imports nothing of detharness, so records, backends and reports
 can all use it.
@@ -12,6 +13,7 @@ import enum
 import json
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "json_dumps", "to_jsonable"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "fsync_dir", "json_dumps", "terminal_safe", "to_jsonable"]
 
 
 def to_jsonable(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
@@ -127,3 +129,36 @@ def fsync_dir(directory: Path) -> None:
         pass  # some file systems (network mounts) refuse fsync on directories
     finally:
         os.close(descriptor)
+
+
+# -- text for a terminal ---------------------------------------------------------------------
+
+# C0 controls but tab and newline, DEL, C1 controls (0x80-0x9f: a terminal may read 0x9b as CSI),
+# the bidirectional marks, embeddings, overrides and isolates, and the Unicode line and paragraph
+# separators (line breaks to some viewers, not to others).
+_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
+_UNSAFE_MULTILINE = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_ONE_LINE = re.compile(f"[\t\n{_UNSAFE}]")
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _SHORT:
+        return _SHORT[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_safe(text: object, *, multiline: bool = False) -> str:
+    """``text`` with nothing a terminal would act on: control characters (escape sequences start
+    with one), C1 controls and bidi overrides are written as visible escapes (``\\x1b``, ``\\u202e``).
+
+    One line unless ``multiline``: a newline or tab is shown as ``\\n`` or ``\\t``. With
+    ``multiline`` the text keeps its newlines (a ``\\r\\n`` line end counts as one) and tabs.
+    Backslashes are left alone, so the function is idempotent and a Windows path reads as itself.
+    """
+    text = str(text)
+    if multiline:
+        return _UNSAFE_MULTILINE.sub(_escape, text.replace("\r\n", "\n"))
+    return _UNSAFE_ONE_LINE.sub(_escape, text)

@@ -753,7 +753,7 @@ def load_case_file(file: Path, registry: Registry) -> None:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             sys.modules.pop(module_name, None)
-            from detharness.report._escape import terminal_safe
+            from detharness._io import terminal_safe
 
             # One line with nothing a terminal acts on: the message is user code's (newlines, escape codes).
             message = f"case file {file} failed to import{_error_line(exc, resolved)}: {type(exc).__name__}: {exc}"

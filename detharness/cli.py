@@ -1,7 +1,8 @@
 """The ``detharness`` command: list, env, run, compare, matrix.
 
 Exit codes: 0 nothing in ``--fail-on`` happened; 1 something did; 2 bad usage or unusable input
-(one line on stderr, no traceback); 3 an internal error (a bug in detharness).
+(one line on stderr, no traceback); 3 an internal error (a bug in detharness); 130 interrupted
+(Ctrl-C, one line).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ TRUST_NOTE = "runs the Python code in the case files it is given: only point it 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        # main() prints "detharness: error: " before it: name only the subcommand ("detharness run").
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def _comma_list(values: list[str] | None) -> list[str]:
@@ -51,7 +54,7 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="detharness", description="Find where the same computation gives different numbers "
                      "across backends, devices, library versions and serialization round trips.")
-    parser.add_argument("--version", action="version", version=f"detharness {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"detharness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("list", help="List cases and their variants (imports no framework)")
@@ -78,9 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Run each variant in N fresh sets of worker processes (new hash seeds, thread pools, "
                         "allocators) and flag outputs that are not bitwise identical")
     p.add_argument("--deterministic", action="store_true", help="Set every framework's determinism switches")
-    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="Time limit per variant")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="Time limit per variant (default: %(default)s)")
     p.add_argument("--inputs-from", metavar="BUNDLE", help="Replay a baseline bundle's stored inputs")
-    p.add_argument("--out", metavar="DIR", help="Write the bundle here")
+    p.add_argument("--out", metavar="DIR",
+                   help="Write the bundle into this folder: a new or empty one (or, with --replace, one holding a "
+                        "bundle); without it nothing is written")
+    p.add_argument("--replace", action="store_true",
+                   help="Replace the bundle already in --out DIR (the new one is swapped in only when complete; a "
+                        "folder that is not a bundle is still refused)")
     p.add_argument("--in-process", action="store_true", help="Run everything in this process (for debugging)")
     _add_output(p)
 
@@ -151,11 +159,16 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
         b = backends.get(v.impl.backend)
         note = "" if b is None or b["installed"] else f"unavailable: {b['install_hint']}"
         rows.append([v.id, ",".join(sorted(v.case.tags)), "reference" if v.impl.reference else "", note])
-    out.write(tabulate(rows, headers=["variant", "tags", "", "note"], tablefmt="simple") + "\n")
+    out.write(tabulate(rows, headers=["variant", "tags", "role", "note"], tablefmt="simple") + "\n")
     unavailable = [f"{n} ({b['install_hint']})" for n, b in backends.items() if not b["installed"]]
-    out.write(f"\n{len({v.case.id for v in variants})} cases, {len(variants)} variants")
+    n_cases = len({v.case.id for v in variants})
+    out.write(f"\n{_count(n_cases, 'case')}, {_count(len(variants), 'variant')}")
     out.write(f"; unavailable backends: {', '.join(unavailable)}\n" if unavailable else "\n")
     return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
@@ -195,7 +208,7 @@ def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
-    from detharness import checks
+    from detharness import checks, locking
     from detharness import record as record_mod
     from detharness import report as report_mod
     from detharness.results import failed
@@ -211,24 +224,78 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     if "repeat" in asked and args.repeat < 2 and args.repeat_processes < 2:
         raise UsageError("--check repeat needs --repeat N or --repeat-processes N with N of 2 or more")
     _check_report_paths(args)
-    if args.out and os.path.exists(os.path.join(args.out, "manifest.json")):
-        raise UsageError(f"--out {args.out}: a bundle is already there; choose a new folder")
-    replay = record_mod.load(args.inputs_from) if args.inputs_from else None
-    start = time.perf_counter()
-    options = RunOptions(case_paths=args.cases, keyword=args.keyword, tags=args.tag, backends=_comma_list(args.backend),
-                         device=args.device, repeat=args.repeat, repeat_processes=args.repeat_processes,
-                         checks=asked, deterministic=args.deterministic, timeout=args.timeout,
-                         inputs_from=replay, in_process=args.in_process, progress=_progress(sys.stderr))
-    record = run(options)
-    results = checks.run_checks(record, wanted)
-    record.verdicts = results
+    if args.replace and not args.out:
+        raise UsageError("--replace needs --out DIR")
+    lock = None
     if args.out:
-        record_mod.save(record, args.out)
+        # Refused before anything runs; checked again once this run holds the folder's lock.
+        locking.check_out_folder(args.out, replace=args.replace)
+        lock = locking.BundleLock(args.out).acquire()
+    try:
+        if lock is not None:
+            locking.check_out_folder(args.out, replace=args.replace)
+        replay = record_mod.load(args.inputs_from) if args.inputs_from else None
+        start = time.perf_counter()
+        options = RunOptions(case_paths=args.cases, keyword=args.keyword, tags=args.tag,
+                             backends=_comma_list(args.backend), device=args.device, repeat=args.repeat,
+                             repeat_processes=args.repeat_processes, checks=asked, deterministic=args.deterministic,
+                             timeout=args.timeout, inputs_from=replay, in_process=args.in_process,
+                             progress=_progress(sys.stderr))
+        record = run(options)
+        if not record.variants:
+            raise UsageError(f"{_selection_text(args)} selects no variant; `detharness list` with the same "
+                             "options shows what there is")
+        results = checks.run_checks(record, wanted)
+        record.verdicts = results
+        if lock is not None:
+            _save_locked(record, args.out, lock)
+    finally:
+        if lock is not None:
+            lock.release()
     report = report_mod.build(results, {record.environment_id: record.environment}, title="detharness run",
                               seconds=time.perf_counter() - start,
                               extra={"bundle": args.out, "variants": _variant_summary(record)})
     _emit(report, args, out)
+    if not args.out and args.format != "json":  # JSON says it with "bundle": null
+        out.write(f"{NO_BUNDLE}\n")
     return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
+
+
+NO_BUNDLE = "no bundle written (use --out DIR)"
+
+
+def _selection_text(args: argparse.Namespace) -> str:
+    given = [f"-k {shlex.quote(args.keyword)}"] if args.keyword else []
+    given += [f"--tag {t}" for t in args.tag] + [f"--backend {b}" for b in _comma_list(args.backend)]
+    given += [f"--check {c}" for c in _comma_list(args.check)]
+    if args.device != "all":
+        given.append(f"--device {args.device}")
+    return " ".join(given) or "the selection"
+
+
+def _save_locked(record: Any, out_dir: str, lock: Any) -> None:
+    """Write the bundle at ``out_dir`` (whose lock this run holds); one that replaces a bundle is
+    written beside it and swapped in only when complete, so an interrupted run leaves the old one."""
+    from pathlib import Path
+
+    from detharness import locking
+    from detharness import record as record_mod
+
+    target = Path(out_dir)
+    if not locking.is_bundle(target):
+        record_mod.save(record, target)
+        return
+    staging = locking.staging_folder(target)
+    try:
+        record_mod.save(record, staging)
+        lock.also_hold(staging)
+        locking.swap_in(staging, target)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    record.path = str(target)
 
 
 def _variant_summary(record: Any) -> dict[str, int]:
@@ -292,7 +359,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = build_parser().parse_args(list(argv) if argv is not None else None)
         return COMMANDS[args.command](args, out)
     except DetHarnessError as exc:
-        sys.stderr.write(f"detharness: error: {exc}\n")
+        from detharness.report._escape import terminal_safe
+
+        # One line, whatever the message holds: a case file's error can carry newlines and escape codes.
+        sys.stderr.write(f"detharness: error: {terminal_safe(exc)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("detharness: interrupted\n")
@@ -303,7 +373,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         import traceback
 
         traceback.print_exc()
+        from detharness.report._escape import terminal_safe
+
         sys.stderr.write(f"detharness: internal error (please report it with the command: "
-                         f"{shlex.join(sys.argv)})\n")
+                         f"{terminal_safe(shlex.join(sys.argv))})\n")
         return EXIT_INTERNAL
 

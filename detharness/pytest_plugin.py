@@ -83,6 +83,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # -- configuration -----------------------------------------------------------------------------
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """Find the rootdir again now that this plugin's options are known.
+
+    pytest picks its rootdir (and ini file) before it loads plugins from entry points, so the value
+    of ``--dh-baseline /abs/path`` (the space form) is taken for a path to test: a path outside the
+    project makes that folder the rootdir, the project's ``dh_cases`` is never read and nothing
+    runs. Parsed with this plugin's options, the value is an option's; the rootdir is chosen again
+    from the real paths, as pytest would have chosen it.
+    """
+    from _pytest.config.findpaths import determine_setup
+
+    ns = early_config.known_args_namespace
+    if not any(getattr(ns, name, None) for name in ("dh_baseline", "dh_record", "dh_cases")):
+        return  # only this plugin's path options are mended
+    rootpath, inipath, inicfg, ignored = determine_setup(
+        inifile=ns.inifilename, override_ini=ns.override_ini, args=ns.file_or_dir,
+        rootdir_cmd_arg=ns.rootdir or None, invocation_dir=early_config.invocation_params.dir)
+    if rootpath == early_config.rootpath and inipath == early_config.inipath:
+        return
+    old_cut = {str(early_config.rootpath), str(early_config.inipath.parent) if early_config.inipath else ""}
+    early_config._rootpath = rootpath
+    early_config._inipath = inipath
+    early_config._inicfg = inicfg
+    early_config._ignored_config_files = ignored
+    early_config._inicache.clear()
+    early_config._parser.extra_info["rootdir"] = str(rootpath)
+    early_config._parser.extra_info["inifile"] = str(inipath)
+    if ns.confcutdir in old_cut:
+        ns.confcutdir = str(inipath.parent if inipath is not None else rootpath)
+    addopts = early_config.getini("addopts")
+    if addopts:
+        args[:] = [*addopts, *args]
+
+
 def _case_roots(config: pytest.Config) -> list[Path]:
     given: list[str] = config.getoption("dh_cases") or []
     if given:
@@ -472,15 +507,19 @@ class _Session:
         self.record.environment_id = env_mod.environment_id(merged)
 
     def rerun_command(self, item: pytest.Item) -> str:
+        from detharness.cases import shell_path
+
+        # Shell words, each quoted as it is added: a path under $HOME is "$HOME"/..., which a
+        # shell expands (a quoted '~/...' it would not).
         parts = ["pytest"]
         for root in self.roots:
-            parts += ["--dh-cases", _shown(root)]
+            parts += ["--dh-cases", shell_path(_shown(root))]
         if self.deterministic:
             parts.append("--dh-deterministic")
         if self.repeat > 1:
             parts += ["--dh-repeat", str(self.repeat)]
         if self.baseline is not None and self.baseline.path:
-            parts += ["--dh-baseline", self.baseline.path]
+            parts += ["--dh-baseline", shell_path(self.baseline.path)]
         if self.in_process:
             parts.append("--dh-in-process")
         base = item.config.invocation_params.dir
@@ -488,7 +527,7 @@ class _Session:
             path = item.path.relative_to(base).as_posix()
         except ValueError:
             path = str(item.path)
-        return shlex.join([*parts, f"{path}::{item.name}"])
+        return " ".join([*parts, shlex.quote(f"{path}::{item.name}")])
 
     # -- the end --
 
@@ -514,7 +553,7 @@ def _location_file(location: str) -> Path | None:
         path = location
     if not path or path.startswith("<"):
         return None
-    return Path(path).resolve()
+    return Path(path).expanduser().resolve()  # display_path writes paths under $HOME as ~/...
 
 
 _SESSION = pytest.StashKey[_Session]()
@@ -530,6 +569,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+_EXPECTED = pytest.StashKey[set[str]]()
+_NOT_RECORDED = pytest.StashKey[tuple[Path, list[str]]]()
+
+
+def _expect(config: pytest.Config, variant_ids: Iterable[str]) -> None:
+    """Note variants this session's items run, so a merge can say which no part recorded."""
+    config.stash.setdefault(_EXPECTED, set()).update(variant_ids)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _record_dir(session.config) is not None and not hasattr(session.config, "workerinput"):
+        _expect(session.config, (item.variant.id for item in session.items if isinstance(item, VariantItem)))
+
+
+def _variant_of_node_id(node_id: str, checks: Iterable[str]) -> str | None:
+    """The variant of a ``PATH::CHECK:VARIANT`` node id (``None`` for any other test)."""
+    check, sep, variant = node_id.rpartition("::")[2].partition(":")
+    return variant if sep and variant and check in checks else None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under xdist the controller collects nothing: the workers' collected node ids say what to expect."""
+    config: pytest.Config = node.config
+    if _record_dir(config) is None:
+        return
+    from detharness.checks import CHECKS
+
+    _expect(config, filter(None, (_variant_of_node_id(i, CHECKS) for i in ids)))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     record_dir = _record_dir(config)
@@ -538,11 +608,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         state.finish(record_dir)
     if record_dir is not None and not hasattr(config, "workerinput"):
         # The controller (or a run without xdist) merges once every worker has written its part.
+        expected = config.stash.get(_EXPECTED, set())
         parts = record_dir / "parts"
         if parts.is_dir() and any(parts.glob("*.json")):
+            import json
+
             from detharness.record import merge_parts
 
-            merge_parts(record_dir)
+            merge_parts(record_dir, expected=expected)
+            manifest = json.loads((record_dir / "manifest.json").read_text())
+            missing = list(manifest.get("not_recorded", []))
+        else:
+            missing = sorted(expected)
+        if missing:
+            config.stash[_NOT_RECORDED] = (record_dir, missing)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lost = config.stash.get(_NOT_RECORDED, None)
+    if lost is None:
+        return
+    record_dir, missing = lost
+    shown = ", ".join(missing[:5]) + (f", and {len(missing) - 5} more" if len(missing) > 5 else "")
+    where = "listed under not_recorded in its manifest" if (record_dir / "manifest.json").exists() else "no bundle"
+    terminalreporter.write_line(f"detharness: --dh-record {_shown(record_dir)}: {len(missing)} collected "
+                                f"variant(s) not recorded ({where}; a killed worker or a session stopped early?): {shown}",
+                                yellow=True)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -759,6 +759,6 @@ def _options_json(options: RunOptions) -> dict[str, Any]:
         "keyword": options.keyword, "tags": options.tags, "backends": options.backends, "device": options.device,
         "repeat": options.repeat, "repeat_processes": options.repeat_processes, "checks": options.checks,
         "deterministic": options.deterministic, "timeout": options.timeout,
-        "inputs_from": options.inputs_from.path if options.inputs_from is not None else None,
+        "inputs_from": display_path(options.inputs_from.path) if options.inputs_from and options.inputs_from.path else None,
         "in_process": options.in_process,
     }

@@ -292,3 +292,13 @@ def test_known_divergence_unmet_agrees_with_applies() -> None:
                                   ("x[t:cpu]", "environment", {"a.b": "2"}, "b[cpu]"),
                                   ("x[t:cpu]", "environment", {"a.b": "12"}, None)]:
         assert (k.unmet(vid, check, env, base) is None) == k.applies(vid, check, env, base)
+
+
+def test_compares_reproduce_line_runs_the_candidates_own_cases() -> None:
+    base = _record(_ref(), _variant("t"))
+    base.path = "bundles/base line"
+    cand = _record(_ref(), _variant("t", y=X + 1e-2))
+    (result,) = [r for r in environment_check(base, cand) if r.status == "diverged"]
+    assert result.reproduce == ("detharness run --cases my_cases -k 'demo/case[t:cpu:float32:eager]' "
+                                "--inputs-from 'bundles/base line' --out candidate-bundle && detharness compare "
+                                "'bundles/base line' candidate-bundle -k 'demo/case[t:cpu:float32:eager]'")

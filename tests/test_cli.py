@@ -107,7 +107,7 @@ def test_aten_cpu_capability_default_moves_softmax_and_layer_norm(tmp_path: Path
         (["run", "--report", "out.html"], "detharness: error: --report out.html: unknown extension '.html'; use .md, .json or .txt"),
         (["run", "--fail-on", "bogus"], "detharness: error: --fail-on: unknown status 'bogus'"),
         (["compare", "no-such-bundle", "other"], "detharness: error: "),
-        (["frobnicate"], "detharness: error: detharness: argument command: invalid choice"),
+        (["frobnicate"], "detharness: error: argument command: invalid choice"),
     ],
 )
 def test_bad_usage_exits_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
@@ -281,3 +281,174 @@ def test_a_forgotten_return_or_an_object_output_is_that_variants_error(tmp_path:
     assert by_impl["objects"]["status"] == "error" and "output 'y' is an array of dtype object" in by_impl["objects"]["message"]
     assert by_impl["good"]["status"] == "identical"
     assert (tmp_path / "b" / "manifest.json").is_file()
+
+
+NUMPY_CASES = """
+    import os
+    import time
+
+    import numpy as np
+
+    from detharness import case
+
+    c = case("np/slow", inputs=lambda rng: {"x": np.ones(4, dtype="float32")})
+
+    @c.impl("ref", backend="numpy", reference=True)
+    def _(x):
+        time.sleep(float(os.environ.get("DH_TEST_SLEEP", "0")))
+        return {"y": x * 2}
+
+    @c.impl("other", backend="numpy")
+    def _(x):
+        return {"y": x + x}
+"""
+
+
+def _variants_of(bundle: Path) -> set[str]:
+    return set(json.loads((bundle / "manifest.json").read_text())["variants"])
+
+
+def test_a_second_writer_of_the_same_out_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    import os
+    import socket
+    import time
+
+    cases = write_cases(tmp_path / "np", NUMPY_CASES)
+    out = tmp_path / "same"
+    env = {**os.environ, "DH_TEST_SLEEP": "4"}
+    env.pop("CI", None)
+    first = subprocess.Popen([sys.executable, "-m", "detharness", "run", "--cases", str(cases), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / ".detharness.lock").exists():
+            assert time.monotonic() < deadline and first.poll() is None, "the first run took no lock"
+            time.sleep(0.05)
+        second = run_cli("run", "--cases", str(cases), "-k", "other", "--out", str(out))
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert second.stderr.count("\n") == 1
+        assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
+        assert "another detharness run is writing" in second.stderr
+    finally:
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stdout + stderr
+    assert len(_variants_of(out)) == 2  # the first run's bundle, whole
+    assert not (out / ".detharness.lock").exists()
+
+
+def test_a_dead_writers_lock_is_taken_over(tmp_path: Path) -> None:
+    import socket
+
+    cases = write_cases(tmp_path / "np", NUMPY_CASES)
+    out = tmp_path / "b"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / ".detharness.lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                                      "started": "2026-01-01T00:00:00+00:00"}))
+    result = run_cli("run", "--cases", str(cases), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(_variants_of(out)) == 2 and not (out / ".detharness.lock").exists()
+
+
+def test_out_must_be_new_empty_or_with_replace_a_bundle(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "np", NUMPY_CASES)
+    (tmp_path / "notes.txt").write_text("mine")
+    here = run_cli("run", "--cases", str(cases), "--out", ".", cwd=tmp_path)
+    assert here.returncode == 2 and here.stderr.count("\n") == 1, here.stderr
+    assert "not empty and not a bundle" in here.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "np"]  # nothing written into it
+    replace_other = run_cli("run", "--cases", str(cases), "--out", ".", "--replace", cwd=tmp_path)
+    assert replace_other.returncode == 2 and "not empty and not a bundle" in replace_other.stderr
+
+    out = tmp_path / "b"
+    out.mkdir()  # empty: fine
+    assert run_cli("run", "--cases", str(cases), "-k", "other", "--out", str(out)).returncode == 0
+    assert not (out / "parts").exists()  # a finished bundle keeps no empty parts/ folder
+    before = (out / "manifest.json").read_bytes()
+    again = run_cli("run", "--cases", str(cases), "--out", str(out))
+    assert again.returncode == 2 and "--replace" in again.stderr
+    assert (out / "manifest.json").read_bytes() == before
+    replaced = run_cli("run", "--cases", str(cases), "--out", str(out), "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert json.loads((out / "manifest.json").read_text())["options"]["keyword"] is None
+    assert len(_variants_of(out)) == 2 and not (out / ".detharness.lock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes.txt", "np"]  # no staging folder left
+
+
+def test_a_selection_of_nothing_exits_2_and_no_out_says_no_bundle(tmp_path: Path) -> None:
+    cases = write_cases(tmp_path / "np", NUMPY_CASES)
+    for selection in (["-k", "nothing_matches"], ["--tag", "nope"], ["--backend", "torch"]):
+        result = run_cli("run", "--cases", str(cases), *selection, "--out", str(tmp_path / "b"))
+        assert result.returncode == 2, (selection, result.stdout, result.stderr)
+        assert result.stderr.count("\n") == 1 and "selects no variant" in result.stderr
+        assert not (tmp_path / "b").exists()
+    plain = run_cli("run", "--cases", str(cases))
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.rstrip("\n").splitlines()[-1] == "no bundle written (use --out DIR)"
+
+
+def test_cli_details_version_list_titles_and_timeout_default(tmp_path: Path) -> None:
+    from detharness import __version__
+
+    version = run_cli("-V")
+    assert version.returncode == 0 and version.stdout.strip() == f"detharness {__version__}"
+    cases = write_cases(tmp_path / "np", NUMPY_CASES)
+    listed = run_cli("list", "--cases", str(cases), "-k", "ref")
+    header = listed.stdout.splitlines()[0].split()
+    assert header == ["variant", "tags", "role", "note"]
+    assert "\n1 case, 1 variant" in listed.stdout
+    assert "(default: 600" in run_cli("run", "--help").stdout
+
+
+def test_display_path_hides_the_home_folder_and_shell_path_runs_from_anywhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from detharness.cases import display_path, shell_path
+
+    home, work, other = tmp_path / "home", tmp_path / "work", tmp_path / "other"
+    for folder in (home / "my proj", work / "cases", other):
+        folder.mkdir(parents=True)
+    (home / "my proj" / "c.py").write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    assert display_path(work / "cases") == "cases"  # under the working folder: relative, as before
+    assert display_path(home / "my proj" / "c.py") == "~/my proj/c.py"
+    assert display_path(home) == "~"
+    assert display_path(other) == str(other)
+    word = shell_path(home / "my proj" / "c.py")
+    assert word == "\"$HOME\"/'my proj/c.py'"
+    assert shell_path("~/my proj/c.py") == word  # what display_path wrote, made a shell word
+    assert shell_path("cases") == "cases" and shell_path(other / "a b") == f"'{other}/a b'"
+    pasted = subprocess.run(["sh", "-c", f"test -f {word} && echo found"], cwd=other, capture_output=True, text=True,
+                            env={**os.environ, "HOME": str(home)})
+    assert pasted.stdout == "found\n", pasted.stderr
+
+
+def test_a_run_of_home_folder_cases_stores_no_home_path(tmp_path: Path) -> None:
+    home, other = tmp_path / "home", tmp_path / "elsewhere"
+    other.mkdir()
+    cases = write_cases(home / "proj", NUMPY_CASES)
+    result = run_cli("run", "--cases", str(cases), "--out", str(other / "b"), cwd=other, env={"HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((other / "b" / "manifest.json").read_text())
+    assert manifest["options"]["cases"] == ["~/proj/cases.py"]
+    assert manifest["cases"]["np/slow"]["location"].startswith("~/proj/cases.py:")
+    assert str(home) not in result.stdout
+
+
+def test_a_reproduce_line_of_home_folder_cases_runs_when_pasted_elsewhere(tmp_path: Path) -> None:
+    import os
+
+    home, other, third = tmp_path / "home", tmp_path / "elsewhere", tmp_path / "third"
+    other.mkdir()
+    third.mkdir()
+    cases = write_cases(home / "proj", CRASHING_CASES.replace("segfault", "segv").replace("hang", "slow"))
+    result = run_cli("run", "--cases", str(cases), "-k", "raises", "--format", "json", cwd=other,
+                     env={"HOME": str(home)})
+    line = next(r["reproduce"] for r in json.loads(result.stdout)["results"] if r["reproduce"])
+    env = {**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("CI", None)
+    pasted = subprocess.run(["sh", "-c", line], cwd=third, capture_output=True, text=True, env=env)
+    assert pasted.returncode == 1, pasted.stdout + pasted.stderr  # the variant's error, run again
+    assert "bad shape in the serving code" in pasted.stdout

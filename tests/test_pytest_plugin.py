@@ -238,7 +238,8 @@ def test_failures_show_status_message_the_case_files_line_and_how_to_rerun(pytes
     result.stdout.fnmatch_lines_random([
         "XFAIL my_cases/cases.py::backend:skew/rounding[[]serving:cpu:float64:eager[]]*serving rounds half away*",
         "XPASS my_cases/cases.py::backend:skew/rounding[[]fixed:cpu:float64:eager[]]*no longer happens: fixed*",
-        "diverged: DIVERGED | Output: 'y' | *",
+        "diverged: *",  # then, or on the next line (with a known divergence's why-not), the comparison
+        "*DIVERGED | Output: 'y' | *",
         "error: ValueError: cannot reshape array*",
         f'  File "*my_cases/cases.py", line {raise_line}, in _',
         f"case skew/rounding is defined at my_cases/cases.py:{case_line}",
@@ -356,3 +357,99 @@ def test_an_onnx_test_folder_is_collected_through_its_model(pytester: pytest.Pyt
     assert _collected(collected) == [node], collected.stdout.str()
     alone = _run(pytester, "--dh-cases", "onnx_tests", node)
     alone.assert_outcomes(passed=1)
+
+
+DYING_CASES = """
+    import os
+
+    import numpy as np
+
+    from detharness import case
+
+    c = case("lost/one", inputs=lambda rng: {"x": np.ones(4)})
+
+    @c.impl("ref", backend="numpy", reference=True)
+    def _(x):
+        return {"y": x}
+
+    @c.impl("dies", backend="numpy")
+    def _(x):
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            os._exit(9)  # in the test process (--dh-in-process): the xdist worker is gone
+        raise ValueError("fails, and -x stops the session here")
+"""
+FINE_CASES = """
+    import numpy as np
+
+    from detharness import case
+
+    c = case("kept/two", inputs=lambda rng: {"x": np.ones(4)})
+
+    @c.impl("ref", backend="numpy", reference=True)
+    def _(x):
+        return {"y": x}
+
+    @c.impl("fine", backend="numpy")
+    def _(x):
+        return {"y": x + 0}
+"""
+DIES = "lost/one[dies:cpu:float32:eager]"
+FINE = "kept/two[fine:cpu:float32:eager]"
+
+
+def test_a_killed_xdist_worker_s_variants_are_listed_as_not_recorded(pytester: pytest.Pytester) -> None:
+    _cases(pytester, DYING_CASES, name="a_dying.py")
+    _cases(pytester, FINE_CASES, name="b_fine.py")
+    bundle = pytester.path / "recorded"
+    result = _run(pytester, "--dh-cases", "my_cases", "-m", "cpu", "-n", "2", "--dist", "loadfile",
+                  "--dh-in-process", "--dh-record", str(bundle))
+    assert f"{DIES}" in result.stdout.str()
+    result.stdout.fnmatch_lines([f"detharness: --dh-record *: * collected variant(s) not recorded *{_glob(DIES)}*"])
+    manifest = json.loads((bundle / "manifest.json").read_text())  # the other worker's part
+    assert manifest["not_recorded"] == [DIES] and FINE in manifest["variants"]
+
+
+def test_variants_a_session_did_not_reach_are_listed_as_not_recorded(pytester: pytest.Pytester) -> None:
+    _cases(pytester, DYING_CASES, name="a_dying.py")
+    _cases(pytester, FINE_CASES, name="b_fine.py")
+    bundle = pytester.path / "recorded"
+    result = _run(pytester, "--dh-cases", "my_cases", "-m", "cpu", "-x", "--dh-record", str(bundle))
+    result.assert_outcomes(failed=1)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["not_recorded"] == [FINE]
+    assert DIES in manifest["variants"]
+    assert not (bundle / "parts").exists() or list((bundle / "parts").iterdir())
+    result.stdout.fnmatch_lines([f"detharness: --dh-record *: 1 collected variant(s) not recorded "
+                                 f"(listed under not_recorded in its manifest; *): {_glob(FINE)}"])
+    # A complete session lists nothing.
+    complete = _run(pytester, "--dh-cases", "my_cases", "-m", "cpu", "-k", "fine",
+                    "--dh-record", str(pytester.path / "whole"))
+    complete.assert_outcomes(passed=1)
+    assert json.loads((pytester.path / "whole" / "manifest.json").read_text())["not_recorded"] == []
+    assert "not recorded" not in complete.stdout.str()
+
+
+def test_dh_baseline_space_form_with_a_path_outside_the_project_keeps_the_rootdir(
+        pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> None:
+    _cases(pytester, NUMPY_CASES)
+    pytester.makeini("[pytest]\ndh_cases = my_cases\n")
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "baseline"
+    made = run_cli("run", "--cases", str(pytester.path / "my_cases"), "--device", "cpu", "--out", str(elsewhere))
+    assert made.returncode == 0, made.stderr
+    for form in (["--dh-baseline", str(elsewhere)], [f"--dh-baseline={elsewhere}"]):
+        result = _run(pytester, *form, "-m", "cpu", "-v")
+        result.stdout.fnmatch_lines([f"rootdir: {pytester.path}*"])
+        result.assert_outcomes(passed=3, deselected=2)  # backend: of numpy32, environment: of both
+
+
+def test_a_new_record_session_merges_no_part_a_previous_interrupted_one_left(pytester: pytest.Pytester) -> None:
+    _cases(pytester, FINE_CASES, name="b_fine.py")
+    _cases(pytester, DYING_CASES, name="a_dying.py")
+    bundle = pytester.path / "recorded"
+    first = _run(pytester, "--dh-cases", "my_cases", "-m", "cpu", "-k", "dies", "--dh-record", str(bundle))
+    first.assert_outcomes(failed=1, deselected=1)
+    (bundle / "manifest.json").unlink()  # as if that session had been interrupted before its merge
+    assert list((bundle / "parts").glob("*.json"))
+    second = _run(pytester, "--dh-cases", "my_cases", "-m", "cpu", "-k", "fine", "--dh-record", str(bundle))
+    second.assert_outcomes(passed=1, deselected=1)
+    assert DIES not in json.loads((bundle / "manifest.json").read_text())["variants"]

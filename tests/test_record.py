@@ -64,3 +64,48 @@ def test_a_schema_1_bundle_reads_with_empty_logs_and_typed_verdicts(tmp_path: Pa
     assert v.status is Outcome.OK and v.log == VariantLog() and v.traceback is None and v.intermediates is None
     (verdict,) = loaded.verdicts
     assert verdict.status is Status.CLOSE and verdict.max_ulp == 1 and verdict.traceback is None
+
+
+def test_a_saved_bundle_keeps_no_empty_parts_folder(tmp_path: Path) -> None:
+    save(_record(), tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["arrays", "manifest.json"]
+
+
+def test_a_merge_lists_the_expected_variants_no_part_holds(tmp_path: Path) -> None:
+    save_part(_record("a"), tmp_path / "b", "gw0")
+    merge_parts(tmp_path / "b", expected=["demo/c[a:cpu:bfloat16:eager]", "demo/c[lost:cpu:bfloat16:eager]"])
+    import json
+
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["not_recorded"] == ["demo/c[lost:cpu:bfloat16:eager]"]
+    assert list(load(tmp_path / "b").variants) == ["demo/c[a:cpu:bfloat16:eager]"]  # readers accept the key
+
+
+def test_a_bundle_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path: Path) -> None:
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import pytest
+
+    from detharness.errors import UsageError
+    from detharness.locking import LOCK_NAME, BundleLock, check_out_folder
+
+    with BundleLock(tmp_path / "new"):
+        assert json.loads((tmp_path / "new" / LOCK_NAME).read_text())["pid"] == os.getpid()
+        with pytest.raises(UsageError, match=f"another detharness run is writing this bundle \\(pid {os.getpid()} "):
+            BundleLock(tmp_path / "new").acquire()
+        check_out_folder(tmp_path / "new", replace=False)  # only a lock in it: still a fresh folder
+    assert not (tmp_path / "new").exists()  # made for the lock, nothing written: gone again
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / LOCK_NAME).write_text(json.dumps({"pid": dead, "host": socket.gethostname()}))
+    with BundleLock(tmp_path / "old") as taken:
+        assert taken.holder() is not None and taken.holder()["pid"] == os.getpid()  # type: ignore[index]
+    (tmp_path / "old" / LOCK_NAME).write_text(json.dumps({"pid": dead, "host": "elsewhere.example"}))
+    with pytest.raises(UsageError, match=r"elsewhere\.example"):
+        BundleLock(tmp_path / "old").acquire()  # another host's pid cannot be checked: refused

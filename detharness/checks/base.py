@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from detharness.cases import shell_path
 from detharness.compare import Status, Verdict
 from detharness.results import FIELDS, Outcome, Result
 
@@ -146,12 +147,21 @@ def case_kind(record: RunRecord, v: VariantRecord) -> str:
     return case.kind if case is not None else "compute"
 
 
+def case_options(record: RunRecord) -> list[str]:
+    """``--cases PATH`` for each case path a run was given, as shell words (``"$HOME"/...`` for a
+    path under the home folder: a shell does not expand a quoted ``'~/...'``)."""
+    words: list[str] = []
+    for path in record.options.get("cases") or []:
+        words += ["--cases", shell_path(str(path))]
+    return words
+
+
 def reproduce_run(record: RunRecord, variant: str, check: str) -> str:
-    """The command line that runs this one variant's check again in this environment."""
+    """The command line that runs this one variant's check again in this environment; it runs when
+    pasted into a shell, from any folder where the case paths mean what they meant."""
     opts = record.options
     parts = ["detharness", "run"]
-    for path in opts.get("cases") or []:
-        parts += ["--cases", path]
+    paths = case_options(record)
     parts += ["-k", variant, "--check", check]
     if check == "repeat":
         processes = int(opts.get("repeat_processes") or 1)
@@ -161,6 +171,5 @@ def reproduce_run(record: RunRecord, variant: str, check: str) -> str:
             parts += ["--repeat", str(max(2, int(opts.get("repeat") or 2)))]
     if opts.get("deterministic"):
         parts.append("--deterministic")
-    if opts.get("inputs_from"):
-        parts += ["--inputs-from", opts["inputs_from"]]
-    return shlex.join(parts)
+    inputs_from = ["--inputs-from", shell_path(str(opts["inputs_from"]))] if opts.get("inputs_from") else []
+    return " ".join([*map(shlex.quote, parts[:2]), *paths, *map(shlex.quote, parts[2:]), *inputs_from])

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from detharness import environment as env_mod
-from detharness.cases import parse_variant_id, variant_id, variant_keywords
-from detharness.checks.base import Plan, apply_known, new_result, tolerance_map, verdict_results
+from detharness.cases import parse_variant_id, shell_path, variant_id, variant_keywords
+from detharness.checks.base import Plan, apply_known, case_options, new_result, tolerance_map, verdict_results
 from detharness.checks.rng import stream_results
 from detharness.compare import Status, compare
 from detharness.results import Outcome, Result
@@ -51,10 +51,12 @@ def pair_variants(baseline: RunRecord, candidate: RunRecord, match_device: str
     return pairs
 
 
-def reproduce_compare(baseline: RunRecord, variant: str) -> str:
-    base = baseline.path or "BASELINE"
-    return (f"detharness run -k {shlex.quote(variant)} --inputs-from {shlex.quote(base)} --out candidate-bundle && "
-            f"detharness compare {shlex.quote(base)} candidate-bundle -k {shlex.quote(variant)}")
+def reproduce_compare(baseline: RunRecord, candidate: RunRecord, variant: str) -> str:
+    """Run the variant here on the baseline's inputs, with the candidate's case paths, and compare."""
+    base = shell_path(baseline.path) if baseline.path else "BASELINE"
+    cases = " ".join(case_options(candidate) or case_options(baseline))
+    return (f"detharness run {cases + ' ' if cases else ''}-k {shlex.quote(variant)} --inputs-from {base} "
+            f"--out candidate-bundle && detharness compare {base} candidate-bundle -k {shlex.quote(variant)}")
 
 
 def record_keywords(case: CaseRecord | None, v: VariantRecord) -> set[str]:
@@ -83,7 +85,7 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
         this_diff: dict[str, Any] = dict(diff)
         if case_b is not None and case_c is not None and case_b.fingerprint != case_c.fingerprint:
             this_diff["case.fingerprint"] = [case_b.fingerprint, case_c.fingerprint]
-        reproduce = reproduce_compare(baseline, vid)
+        reproduce = reproduce_compare(baseline, candidate, vid)
         base_side = f"{base_name}:{b.id}" if b else None
         cand_side = f"{cand_name}:{c.id}" if c else None
         # An error on either side is an error of the comparison, whatever the other side did

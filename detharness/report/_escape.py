@@ -1,7 +1,7 @@
 """Escaping of text that comes from user code or from bundles made elsewhere (case ids, output names,
 exception messages, skip reasons, environment values) before it reaches a terminal or a markdown page.
 
-:func:`terminal_safe` is the one function for everything that goes to a terminal: it shows escape
+:func:`terminal_safe` (in :mod:`detharness._io`, so lower layers use it too) is the one function for everything that goes to a terminal: it shows escape
 sequences, control characters and bidirectional overrides as visible escapes (``\\x1b``, ``\\u202e``)
 instead of passing them on. The ``md_*`` functions make text inert in each markdown context the
 reports use (plain text, a code span, a table cell, raw HTML, a fenced code block).
@@ -12,36 +12,9 @@ from __future__ import annotations
 import html
 import re
 
-# C0 controls but tab and newline, DEL, C1 controls (0x80-0x9f: a terminal may read 0x9b as CSI),
-# the bidirectional marks, embeddings, overrides and isolates, and the Unicode line and paragraph
-# separators (line breaks to some viewers, not to others).
-_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
-_UNSAFE_MULTILINE = re.compile(f"[{_UNSAFE}]")
-_UNSAFE_ONE_LINE = re.compile(f"[\t\n{_UNSAFE}]")
-_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+from detharness._io import terminal_safe
 
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _SHORT:
-        return _SHORT[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def terminal_safe(text: object, *, multiline: bool = False) -> str:
-    """``text`` with nothing a terminal would act on: control characters (escape sequences start
-    with one), C1 controls and bidi overrides are written as visible escapes (``\\x1b``, ``\\u202e``).
-
-    One line unless ``multiline``: a newline or tab is shown as ``\\n`` or ``\\t``. With
-    ``multiline`` the text keeps its newlines (a ``\\r\\n`` line end counts as one) and tabs.
-    Backslashes are left alone, so the function is idempotent and a Windows path reads as itself.
-    """
-    text = str(text)
-    if multiline:
-        return _UNSAFE_MULTILINE.sub(_escape, text.replace("\r\n", "\n"))
-    return _UNSAFE_ONE_LINE.sub(_escape, text)
-
+__all__ = ["md_code", "md_fence", "md_html", "md_text", "terminal_safe"]
 
 # -- markdown ---------------------------------------------------------------------------------
 
