@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from detharness import __version__
+from detharness._io import terminal_safe
+from detharness.cases import display_path
 from detharness.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DetHarnessError, UsageError
 
 TRUST_NOTE = "runs the Python code in the case files it is given: only point it at code you trust"
@@ -158,7 +160,8 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     for v in variants:
         b = backends.get(v.impl.backend)
         note = "" if b is None or b["installed"] else f"unavailable: {b['install_hint']}"
-        rows.append([v.id, ",".join(sorted(v.case.tags)), "reference" if v.impl.reference else "", note])
+        rows.append([terminal_safe(v.id), terminal_safe(",".join(sorted(v.case.tags))),
+                     "reference" if v.impl.reference else "", note])
     out.write(tabulate(rows, headers=["variant", "tags", "role", "note"], tablefmt="simple") + "\n")
     unavailable = [f"{n} ({b['install_hint']})" for n, b in backends.items() if not b["installed"]]
     n_cases = len({v.case.id for v in variants})
@@ -187,7 +190,8 @@ def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         out.write(json_dumps({"id": environment.environment_id(fp), "fingerprint": fp}, indent=2) + "\n")
     else:
-        out.write(environment.format_fingerprint(fp) + f"\nid: {environment.environment_id(fp)}\n")
+        out.write(terminal_safe(environment.format_fingerprint(fp), multiline=True)
+                  + f"\nid: {environment.environment_id(fp)}\n")
     return EXIT_OK
 
 
@@ -254,7 +258,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             lock.release()
     report = report_mod.build(results, {record.environment_id: record.environment}, title="detharness run",
                               seconds=time.perf_counter() - start,
-                              extra={"bundle": args.out, "variants": _variant_summary(record)})
+                              extra={"bundle": display_path(args.out) if args.out else None,
+                                     "variants": _variant_summary(record)})
     _emit(report, args, out)
     if not args.out and args.format != "json":  # JSON says it with "bundle": null
         out.write(f"{NO_BUNDLE}\n")
@@ -321,7 +326,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     results, nway = compare_bundles(records, bundle_labels(paths), match_device=args.match_device,
                                     keyword=args.keyword, all_pairs=args.all_pairs)
     environments = {r.environment_id: r.environment for r in records}
-    extra: dict[str, Any] = {"bundles": paths, **nway}
+    extra: dict[str, Any] = {"bundles": [display_path(p) for p in paths], **nway}
     report = report_mod.build(results, environments, title="detharness compare",
                               seconds=time.perf_counter() - start, extra=extra)
     _emit(report, args, out)
@@ -339,7 +344,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     start = time.perf_counter()
 
     def progress(line: str) -> None:
-        sys.stderr.write(f"detharness matrix: {line}\n")
+        sys.stderr.write(f"detharness matrix: {terminal_safe(line)}\n")
         sys.stderr.flush()
 
     outcomes = matrix.run_matrix(spec, args.out, keyword=args.keyword, overlays=args.overlays, progress=progress)
@@ -359,7 +364,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         args = build_parser().parse_args(list(argv) if argv is not None else None)
         return COMMANDS[args.command](args, out)
     except DetHarnessError as exc:
-        from detharness.report._escape import terminal_safe
 
         # One line, whatever the message holds: a case file's error can carry newlines and escape codes.
         sys.stderr.write(f"detharness: error: {terminal_safe(exc)}\n")
@@ -373,7 +377,6 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        from detharness.report._escape import terminal_safe
 
         sys.stderr.write(f"detharness: internal error (please report it with the command: "
                          f"{terminal_safe(shlex.join(sys.argv))})\n")

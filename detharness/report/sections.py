@@ -80,6 +80,25 @@ def text_failures(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def known_reasons(report: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The declared known divergences that held, each reason once with how many results it covers:
+    the table's note cuts a reason; here it is whole."""
+    counts: dict[str, int] = {}
+    for r in report["results"]:
+        if r["status"] == Status.KNOWN:
+            reason = r.get("known_reason") or headline(r.get("message")) or "known"
+            counts[reason] = counts.get(reason, 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def text_known(report: Mapping[str, Any]) -> list[str]:
+    known = known_reasons(report)
+    if not known:
+        return []
+    return ["", "known divergences (declared, still holding):",
+            *[f"  {count:4d}  {terminal_safe(reason)}" for reason, count in known]]
+
+
 def text_skipped(report: Mapping[str, Any]) -> list[str]:
     skipped = skipped_reasons(report["results"])
     if not skipped:
@@ -132,6 +151,15 @@ def markdown_table(report: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def markdown_known(report: Mapping[str, Any]) -> list[str]:
+    known = known_reasons(report)
+    if not known:
+        return []
+    return ["<details><summary>Known divergences (declared, still holding)</summary>", "",
+            tabulate([[n, md_text(reason)] for reason, n in known], headers=["count", "reason"], tablefmt="github"),
+            "", "</details>", ""]
+
+
 def markdown_skipped(report: Mapping[str, Any]) -> list[str]:
     skipped = skipped_reasons(report["results"])
     if not skipped:
@@ -142,11 +170,11 @@ def markdown_skipped(report: Mapping[str, Any]) -> list[str]:
 
 
 for _section in (Section("results", text_table), Section("failures", text_failures),
-                 Section("skipped", text_skipped), Section("n-way", text_sections)):
+                 Section("known", text_known), Section("skipped", text_skipped), Section("n-way", text_sections)):
     register_section("text", _section)
 # N-way sections (profiles, attribution, matrix) come before the failures in markdown: with many
 # environments they say in a few lines what hundreds of failure rows repeat.
 for _section in (Section("environments", markdown_environments), Section("n-way", markdown_sections),
                  Section("failures", markdown_failures), Section("results", markdown_table),
-                 Section("skipped", markdown_skipped)):
+                 Section("known", markdown_known), Section("skipped", markdown_skipped)):
     register_section("md", _section)

@@ -90,3 +90,13 @@ def test_a_registered_section_renders_in_its_place() -> None:
         assert text.index("demo section: 3 results") < text.index("skipped:")
     finally:
         report.SECTIONS["text"].remove(section)
+
+
+def test_known_reasons_are_listed_whole_once_each() -> None:
+    reason = "jax.nn.gelu defaults to the tanh approximation; the reference is the erf form " * 2
+    known = [new_result("backend", "a/b", f"a/b[{impl}:cpu:float32:eager]", "known", f"known divergence ({reason})",
+                        output="y", known_reason=reason) for impl in ("j1", "j2")]
+    built = report.build(known, {}, title="t")
+    text = report.render(built, "text")
+    assert f"     2  {reason}" in text  # the table's note is cut at 80 characters; this line is not
+    assert "Known divergences (declared, still holding)" in report.render(built, "md")
