@@ -453,3 +453,18 @@ def test_a_new_record_session_merges_no_part_a_previous_interrupted_one_left(pyt
     second = _run(pytester, "--dh-cases", "my_cases", "-m", "cpu", "-k", "fine", "--dh-record", str(bundle))
     second.assert_outcomes(passed=1, deselected=1)
     assert DIES not in json.loads((bundle / "manifest.json").read_text())["variants"]
+
+
+def test_required_cuda_failures_carry_no_framework_debug_log() -> None:
+    """Variants run in worker processes, so the test process's log capture holds no torch trace lines
+    (a --dh-require-cuda failure carried 37 empty ``DEBUG torch.__trace`` lines)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--dh-cases", "cases",
+                           "cases/models/softmax.py", "-m", "cuda and torch", "--dh-require-cuda", "-q"],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "--dh-require-cuda:" in done.stdout
+    assert "DEBUG" not in done.stdout
