@@ -39,7 +39,7 @@ from detharness.backends import Backend, UnsupportedVariant, VariantSpec, get_ba
 from detharness.backends.base import jsonable
 from detharness.cases import Case, Context, Registry, Variant, discover, display_path
 from detharness.checks import CHECKS, Plan, checks_for, needed
-from detharness.dtypes import ALL_DTYPES, cast_floats, dtype_name
+from detharness.dtypes import cast_floats
 from detharness.errors import BackendError, CaseError, UsageError
 from detharness.record import CaseRecord, RunRecord, VariantRecord, digest_arrays
 from detharness.results import Hello, Outcome, Reply, Task, VariantLog
@@ -216,10 +216,7 @@ def _execute(backend: Backend, c: Case, task: Task) -> Reply:
         for run in range(runs):
             raw, elapsed = backend.run(call, inputs, device=task.device, seed=c.seed)
             seconds += elapsed
-            if raw is None:
-                raise OutputError("the implementation returned None (a forgotten return?); return its outputs: "
-                                  "a dict of name -> array, one array, or a tuple of arrays")
-            outputs = checked_outputs(backend.outputs_to_numpy(raw, names=names))
+            outputs = backend.outputs_to_numpy(raw, names=names)
             digest = digest_arrays(outputs)
             if run == 0:
                 reply.outputs = outputs
@@ -237,27 +234,6 @@ def _execute(backend: Backend, c: Case, task: Task) -> Reply:
     except Exception as exc:  # an implementation's failure is a result, not a crash of the harness
         return Reply.failure(task.id, one_line(exc), user_traceback(exc))
     return reply
-
-
-class OutputError(TypeError):
-    """What an implementation returned is not outputs detharness can compare."""
-
-
-def checked_outputs(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``outputs`` if every one is an array of numbers, bools or strings; :class:`OutputError` naming
-    the first that is not (an object array from a None, a set or a list of mixed things;
-    datetime64; a structured array)."""
-    for name, array in outputs.items():
-        try:
-            known = array.dtype.kind in "US" or dtype_name(array.dtype) in ALL_DTYPES
-        except (TypeError, ValueError):
-            known = False
-        if not known:
-            shown = "None" if array.dtype.kind == "O" and array.shape == () and array.item() is None else \
-                f"an array of dtype {array.dtype}"
-            raise OutputError(f"output {name!r} is {shown}; outputs are arrays of numbers, bools or strings "
-                              f"({', '.join(ALL_DTYPES)}, str)")
-    return outputs
 
 
 def build(fn: Callable[..., Any], params: Mapping[str, Any], extras: Mapping[str, Any]) -> Any:
@@ -463,7 +439,6 @@ class Worker:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: multiprocessing.connection.Connection | None = None
         self.hello = Hello()
-        self.started = False
 
     def start(self) -> Hello:
         ctx = multiprocessing.get_context("spawn")
@@ -471,7 +446,6 @@ class Worker:
         self.process = ctx.Process(target=_worker_main, name=f"detharness-{self.backend}", daemon=True,
                                    args=(child, self.backend, self.case_paths, self.deterministic, os.getpid()))
         self.process.start()
-        self.started = True
         child.close()
         self.conn = parent
         # Importing a framework can take a while on a cold disk: allow it beyond one variant's timeout.

@@ -46,6 +46,10 @@ from detharness.errors import BackendError, DetHarnessError, UsageError
 DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda")
 
 
+class OutputError(TypeError):
+    """What an implementation returned is not outputs detharness can compare: a variant's error."""
+
+
 class UnsupportedVariant(DetHarnessError):
     """A variant that cannot run here: the runner records it as ``skipped`` with :attr:`reason`.
 
@@ -305,8 +309,15 @@ class Backend:
         A dict keeps its keys; a single array becomes ``{"y": ...}``; a tuple or list becomes
         ``{"y0": ..., "y1": ...}``; a named tuple uses its field names. ``names`` renames a single
         array or the items of a tuple or list, in order. Nested containers get dotted names
-        (``{"a": (x, y)}`` -> ``a.0``, ``a.1``).
+        (``{"a": (x, y)}`` -> ``a.0``, ``a.1``). Raises :class:`OutputError` for ``None`` (a forgotten
+        ``return``) and for an output that is not an array of numbers, bools or strings.
         """
+        if out is None:
+            raise OutputError("the implementation returned None (a forgotten return?); return its outputs: "
+                              "a dict of name -> array, one array, or a tuple of arrays")
+        return _checked(self._named_outputs(out, names))
+
+    def _named_outputs(self, out: Any, names: Sequence[str] | None) -> dict[str, np.ndarray]:
         if isinstance(out, Mapping):
             return self._flatten(out, "")
         if _is_sequence(out):
@@ -334,7 +345,7 @@ class Backend:
                 keys = value._fields if hasattr(value, "_fields") else range(len(value))
                 result.update(self._flatten(dict(zip(keys, value, strict=True)), name + "."))
             elif value is None:
-                raise TypeError(f"output {name!r} is None")
+                raise OutputError(f"output {name!r} is None")
             else:
                 result[name] = self.to_numpy(value)
         return result
@@ -428,6 +439,21 @@ def _distribution_version(dist: str) -> str | None:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _checked(outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``outputs`` if every one is an array of numbers, bools or strings; :class:`OutputError` naming
+    the first that is not (an object array from a set or a list of mixed things; datetime64; a
+    structured array)."""
+    for name, array in outputs.items():
+        try:
+            known = array.dtype.kind in "US" or dtype_name(array.dtype) in ALL_DTYPES
+        except (TypeError, ValueError):
+            known = False
+        if not known:
+            raise OutputError(f"output {name!r} is an array of dtype {array.dtype}; outputs are arrays of numbers, "
+                              f"bools or strings ({', '.join(ALL_DTYPES)}, str)")
+    return outputs
 
 
 def _is_sequence(value: Any) -> bool:
