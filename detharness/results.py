@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from detharness._io import to_jsonable
-from detharness.compare import Status
+from detharness.compare import Status, worst
 
 __all__ = ["DEFAULT_FAIL_ON", "FIELDS", "QUIET", "STATUSES", "Hello", "Outcome", "Reply", "Result", "Status", "Task",
            "VariantLog", "failed", "parse_statuses", "summarize", "worst"]
@@ -33,11 +33,6 @@ STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 DEFAULT_FAIL_ON: tuple[Status, ...] = (Status.DIVERGED, Status.MISMATCH, Status.ERROR)
 #: Statuses a reader need not look into: no failure details, no reproduce line.
 QUIET: frozenset[Status] = frozenset({Status.IDENTICAL, Status.CLOSE, Status.KNOWN, Status.SKIPPED, Status.MISSING})
-
-
-def worst(statuses: Iterable[Status | str]) -> Status:
-    """The most severe status (``identical`` when there are none)."""
-    return max((Status(s) for s in statuses), key=lambda s: s.severity, default=Status.IDENTICAL)
 
 
 def summarize(results: Iterable[Result]) -> dict[str, int]:
@@ -193,9 +188,6 @@ class VariantLog:
         cut = len(stdout) > cls.LIMIT or len(stderr) > cls.LIMIT or len(warnings) > 100
         return cls(stdout=_tail(stdout, cls.LIMIT), stderr=_tail(stderr, cls.LIMIT), warnings=warnings[:100],
                    truncated=cut)
-
-    def __bool__(self) -> bool:
-        return bool(self.stdout or self.stderr or self.warnings)
 
     def with_warnings(self, more: list[str]) -> VariantLog:
         """This log with ``more`` warnings after its own (what the runner itself has to say)."""

@@ -1,18 +1,11 @@
-"""Formatting shared by the text and markdown reports: numbers, headlines, table cells, skip reasons."""
+"""Formatting shared by the text and markdown reports: numbers, headlines, environment diffs, skip reasons."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from detharness.report._escape import md_text
 from detharness.results import Status
-
-
-def markdown_cell(text: str) -> str:
-    """``text`` safe inside a markdown table cell: no column break, no line break, no markup (see
-    :func:`~detharness.report._escape.md_text`)."""
-    return md_text(text)
 
 
 def number(value: Any) -> str:
