@@ -160,16 +160,15 @@ def reproduce_run(record: RunRecord, variant: str, check: str) -> str:
     """The command line that runs this one variant's check again in this environment; it runs when
     pasted into a shell, from any folder where the case paths mean what they meant."""
     opts = record.options
-    parts = ["detharness", "run"]
-    paths = case_options(record)
-    parts += ["-k", variant, "--check", check]
+    words = ["detharness", "run", *case_options(record), "-k", shlex.quote(variant), "--check", check]
     if check == "repeat":
         processes = int(opts.get("repeat_processes") or 1)
         if processes > 1:
-            parts += ["--repeat-processes", str(processes)]
+            words += ["--repeat-processes", str(processes)]
         if processes == 1 or int(opts.get("repeat") or 1) > 1:
-            parts += ["--repeat", str(max(2, int(opts.get("repeat") or 2)))]
+            words += ["--repeat", str(max(2, int(opts.get("repeat") or 2)))]
     if opts.get("deterministic"):
-        parts.append("--deterministic")
-    inputs_from = ["--inputs-from", shell_path(str(opts["inputs_from"]))] if opts.get("inputs_from") else []
-    return " ".join([*map(shlex.quote, parts[:2]), *paths, *map(shlex.quote, parts[2:]), *inputs_from])
+        words.append("--deterministic")
+    if opts.get("inputs_from"):
+        words += ["--inputs-from", shell_path(str(opts["inputs_from"]))]
+    return " ".join(words)

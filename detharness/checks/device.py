@@ -22,12 +22,17 @@ from detharness.compare import compare
 from detharness.results import Outcome, Result
 
 if TYPE_CHECKING:
-    from detharness.record import RunRecord
+    from detharness.record import RunRecord, VariantRecord
 
 
 def cpu_twin(v: Variant) -> Variant:
     """The same implementation, dtype and mode on the CPU: what a device's outputs are held against."""
     return Variant(v.case, v.impl, "cpu", v.dtype, v.mode)
+
+
+def cpu_twin_id(v: VariantRecord) -> str:
+    """The id of a recorded variant's CPU twin (see :func:`cpu_twin`)."""
+    return variant_id(v.case, v.impl, "cpu", v.dtype, v.mode)
 
 
 class DeviceCheck:
@@ -46,7 +51,7 @@ class DeviceCheck:
         for v in selected(record, only):
             if v.device == "cpu" or not judges(case_kind(record, v), v.mode):
                 continue
-            cpu_id = variant_id(v.case, v.impl, "cpu", v.dtype, v.mode)
+            cpu_id = cpu_twin_id(v)
             cpu = record.variants.get(cpu_id)
             reproduce = reproduce_run(record, f"{v.case}[{v.impl}:", self.name)
             # An error on either side is an error of the comparison: a CPU twin that skipped (or

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from detharness.cases import variant_id
 from detharness.checks.base import (
     Plan,
     apply_known,
@@ -19,7 +18,7 @@ from detharness.checks.base import (
     selected,
     verdict_results,
 )
-from detharness.checks.device import cpu_twin
+from detharness.checks.device import cpu_twin, cpu_twin_id
 from detharness.compare import Status, Verdict, compare
 from detharness.compare.verdict import share
 from detharness.results import Outcome, Result
@@ -80,14 +79,13 @@ class RngCheck:
             if case is None or case.kind != "rng":
                 continue
             reproduce = reproduce_run(record, v.id, self.name)
+            cpu = record.variants.get(cpu_twin_id(v)) if v.device != "cpu" else None
             if v.status != Outcome.OK:
                 results.append(not_ok(self.name, v, v.id, reproduce))
-                if v.status == Outcome.SKIPPED and v.device != "cpu":
-                    # The stream held against the CPU's: the CPU side's error is this comparison's
-                    # error, even where this device could not run.
-                    cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
-                    if cpu is not None and cpu.status == Outcome.ERROR:
-                        results.append(reference_failed(self.name, v, cpu, reproduce_run(record, cpu.id, self.name)))
+                # The stream held against the CPU's: the CPU side's error is this comparison's
+                # error, even where this device could not run.
+                if v.status == Outcome.SKIPPED and cpu is not None and cpu.status == Outcome.ERROR:
+                    results.append(reference_failed(self.name, v, cpu, reproduce_run(record, cpu.id, self.name)))
                 continue
             if v.distinct_results is not None and v.distinct_results > 1 and v.repeat_outputs is not None:
                 results += stream_results(self.name, case, v, v.outputs, v.repeat_outputs,
@@ -103,9 +101,6 @@ class RngCheck:
                         f"{arr.size} {arr.dtype} values {_preview(arr)}",
                         output=name, baseline=f"{v.id} draw 1", candidate=f"{v.id} draw 2", tolerance="exact",
                         total=int(arr.size), mismatched=0))
-            if v.device == "cpu":
-                continue
-            cpu = record.variants.get(variant_id(v.case, v.impl, "cpu", v.dtype, v.mode))
             if cpu is None or cpu.status == Outcome.SKIPPED:
                 continue
             if cpu.status != Outcome.OK:
