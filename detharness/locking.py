@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
+from detharness.bundle import MANIFEST_NAME
 from detharness.errors import UsageError
 
 LOCK_NAME = ".detharness.lock"
@@ -135,7 +136,7 @@ class BundleLock:
 
 
 def is_bundle(path: Path) -> bool:
-    return (path / "manifest.json").is_file()
+    return (path / MANIFEST_NAME).is_file()
 
 
 def check_out_folder(path: str | os.PathLike[str], *, replace: bool, what: str = "--out") -> None:

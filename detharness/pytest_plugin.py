@@ -173,7 +173,9 @@ def _record_dir(config: pytest.Config) -> Path | None:
 def _clear_stale_record(path: Path) -> None:
     """A bundle already in ``path`` is refused, never overwritten (as ``run --out`` refuses); the
     parts an interrupted run left behind would be merged into this run's bundle, so they go."""
-    if (path / "manifest.json").exists():
+    from detharness.locking import is_bundle
+
+    if is_bundle(path):
         raise pytest.UsageError(f"--dh-record {path}: a bundle is already there; choose a new folder")
     for stale in sorted((path / "parts").glob("*.json")):
         with contextlib.suppress(FileNotFoundError):
@@ -611,13 +613,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         expected = config.stash.get(_EXPECTED, set())
         parts = record_dir / "parts"
         if parts.is_dir() and any(parts.glob("*.json")):
-            import json
-
             from detharness.record import merge_parts
 
-            merge_parts(record_dir, expected=expected)
-            manifest = json.loads((record_dir / "manifest.json").read_text())
-            missing = list(manifest.get("not_recorded", []))
+            missing = merge_parts(record_dir, expected=expected)
         else:
             missing = sorted(expected)
         if missing:
@@ -630,7 +628,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     record_dir, missing = lost
     shown = ", ".join(missing[:5]) + (f", and {len(missing) - 5} more" if len(missing) > 5 else "")
-    where = "listed under not_recorded in its manifest" if (record_dir / "manifest.json").exists() else "no bundle"
+    from detharness.locking import is_bundle
+
+    where = "listed under not_recorded in its manifest" if is_bundle(record_dir) else "no bundle"
     terminalreporter.write_line(f"detharness: --dh-record {_shown(record_dir)}: {len(missing)} collected "
                                 f"variant(s) not recorded ({where}; a killed worker or a session stopped early?): {shown}",
                                 yellow=True)

@@ -270,12 +270,12 @@ def save_part(record: RunRecord, path: str | Path, part_name: str) -> None:
     writer.write_part(part_name, manifest_of(record, writer.put_array))
 
 
-def merge_parts(path: str | Path, expected: Iterable[str] | None = None) -> Path:
+def merge_parts(path: str | Path, expected: Iterable[str] | None = None) -> list[str]:
     """Merge every part under ``path`` into one manifest, written last and atomically.
 
     ``expected``: the variant ids the writers were meant to record (a pytest session's collected
     items). Those no part holds (a killed xdist worker's) are listed under the manifest's top-level
-    ``"not_recorded"`` key, so a loss is written down, never silent.
+    ``"not_recorded"`` key, so a loss is written down, never silent, and returned.
     """
     writer = BundleWriter(path)
     parts = writer.read_parts()
@@ -297,4 +297,4 @@ def merge_parts(path: str | Path, expected: Iterable[str] | None = None) -> Path
     if expected is not None:
         merged["not_recorded"] = sorted(set(expected) - set(merged["variants"]))
     writer.write_manifest(merged)
-    return Path(path)
+    return list(merged.get("not_recorded", []))

@@ -73,7 +73,8 @@ def test_a_saved_bundle_keeps_no_empty_parts_folder(tmp_path: Path) -> None:
 
 def test_a_merge_lists_the_expected_variants_no_part_holds(tmp_path: Path) -> None:
     save_part(_record("a"), tmp_path / "b", "gw0")
-    merge_parts(tmp_path / "b", expected=["demo/c[a:cpu:bfloat16:eager]", "demo/c[lost:cpu:bfloat16:eager]"])
+    lost = merge_parts(tmp_path / "b", expected=["demo/c[a:cpu:bfloat16:eager]", "demo/c[lost:cpu:bfloat16:eager]"])
+    assert lost == ["demo/c[lost:cpu:bfloat16:eager]"]
     import json
 
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
