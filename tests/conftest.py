@@ -50,6 +50,24 @@ SMALL_CASES = """
         return {"y": torch.softmax(x, -1)}
 """
 
+# A numpy "model" whose state saves and loads with the json round-trip format (case-file text,
+# indented as the case strings here are, to sit inside one).
+SCALED_STATE_CLASS = """
+    class Scaled:
+        def __init__(self, k):
+            self.k = k
+
+        def __call__(self, x):
+            return {"y": x * self.k}
+
+        def get_state(self):
+            return {"k": self.k}
+
+        @classmethod
+        def from_state(cls, state):
+            return cls(state["k"])
+"""
+
 CRASHING_CASES = """
     import os
     import signal

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SCALED_STATE_CLASS, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -104,20 +104,7 @@ BASE_CASE = """
 
     from detharness import case
 
-    class Scaled:
-        def __init__(self, k):
-            self.k = k
-
-        def __call__(self, x):
-            return {"y": x * self.k}
-
-        def get_state(self):
-            return {"k": self.k}
-
-        @classmethod
-        def from_state(cls, state):
-            return cls(state["k"])
-
+""" + SCALED_STATE_CLASS + """
     s = case("inc/base", inputs=lambda rng: {"x": rng.standard_normal(8)})
 
     @s.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))

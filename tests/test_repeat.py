@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli, write_cases
+from tests.conftest import SCALED_STATE_CLASS, run_cli, write_cases
 
 # Nondeterministic on purpose, the way real feature code is: a vocabulary built from a set of
 # strings is ordered by their hashes, which Python salts per process (PYTHONHASHSEED).
@@ -145,20 +145,7 @@ PLUGIN_CASES = """
     def _(x):
         return {"y": x * np.float32(3)}
 
-    class Scaled:
-        def __init__(self, k):
-            self.k = k
-
-        def __call__(self, x):
-            return {"y": x * self.k}
-
-        def get_state(self):
-            return {"k": self.k}
-
-        @classmethod
-        def from_state(cls, state):
-            return cls(state["k"])
-
+""" + SCALED_STATE_CLASS + """
     @s.impl("builder", backend="numpy", module=True, dtypes=("float64",), modes=("eager",))
     def _(params):
         return Scaled(np.float64(3))
