@@ -419,23 +419,21 @@ RAN_STATUSES: tuple[str, ...] = ("ok", "errors")
 
 def _run_errors(outcome: ProfileOutcome, record: RunRecord) -> None:
     """A run that wrote its bundle but had errors is ``errors``, never ``ok``: say how many and the first."""
+    from detharness.report._format import headline
+
     failed = [r for r in record.verdicts if r.status == Status.ERROR]
     if failed:
-        count, first = len(failed), f"{failed[0].variant}: {_first_line(failed[0].message)}"
+        count, first = len(failed), f"{failed[0].variant}: {headline(failed[0].message) or 'error'}"
     else:  # a bundle without the run's verdicts: its variants say it
         broken = [v for v in record.variants.values() if v.status == Outcome.ERROR]
         count = len(broken)
-        first = f"{broken[0].id}: {_first_line(broken[0].error)}" if broken else ""
+        first = f"{broken[0].id}: {headline(broken[0].error) or 'error'}" if broken else ""
     if not count:
         return
     outcome.errors = count
     outcome.status = "errors"
     outcome.reason = (f"its run had {count} error{'s' if count != 1 else ''} (exit {outcome.exit_code}); "
                       f"first: {first} (see {outcome.log})")
-
-
-def _first_line(text: str | None) -> str:
-    return next((line.strip() for line in (text or "").splitlines() if line.strip()), "error")
 
 
 def profile_environment(profile: Profile, overlay: Path | None, base: Mapping[str, str] | None = None) -> dict[str, str]:

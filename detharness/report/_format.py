@@ -23,7 +23,8 @@ def number(value: Any) -> str:
 
 
 def headline(message: str | None) -> str:
-    return (message or "").strip().splitlines()[0] if message else ""
+    """A message's first line ("" for none, or one of white space only)."""
+    return next(iter((message or "").strip().splitlines()), "")
 
 
 def summary_line(report: Mapping[str, Any]) -> str:

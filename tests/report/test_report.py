@@ -100,3 +100,10 @@ def test_known_reasons_are_listed_whole_once_each() -> None:
     text = report.render(built, "text")
     assert f"     2  {reason}" in text  # the table's note is cut at 80 characters; this line is not
     assert "Known divergences (declared, still holding)" in report.render(built, "md")
+
+
+def test_headline_of_an_empty_or_blank_message_is_empty() -> None:
+    from detharness.report._format import headline
+
+    assert headline(None) == headline("") == headline("  \n ") == ""
+    assert headline("\n  first line\nsecond") == "first line"
