@@ -1,4 +1,4 @@
-"""The ``detharness`` command: list, env, run, compare, matrix.
+"""The ``detharness`` command: list, env, run, compare, report, matrix.
 
 Exit codes: 0 nothing in ``--fail-on`` happened; 1 something did; 2 bad usage or unusable input
 (one line on stderr, no traceback); 3 an internal error (a bug in detharness); 130 interrupted
@@ -45,7 +45,11 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("text", "md", "json"), default="text", help="Format of what goes to stdout")
     p.add_argument("--report", action="append", default=[], metavar="FILE",
-                   help="Also write a report in the format its extension names (.md, .json, .txt)")
+                   help="Also write a report in the format its extension names: .html (one self-contained page "
+                        "with plots), .md, .json, .txt, .xml (JUnit); repeatable")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="Text output: every result in a table and each failure in full (default: the summary and "
+                        "one line per failure)")
     from detharness.results import DEFAULT_FAIL_ON, STATUSES
 
     fail_on = ",".join(s.value for s in DEFAULT_FAIL_ON)
@@ -104,13 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Also count the outputs that differ bitwise between every two bundles (from stored hashes)")
     _add_output(p)
 
+    p = sub.add_parser("report", help="Render stored bundles without rerunning: one bundle its run, two or more "
+                                      "what compare of them gives")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    p.add_argument("--match-device", choices=("same", "any"), default="same",
+                   help="Two or more bundles: pair variants by id (same) or by everything but the device (any)")
+    p.add_argument("-k", dest="keyword", metavar="EXPR", help="Two or more bundles: only variants matching this")
+    p.add_argument("--all-pairs", action="store_true",
+                   help="Two or more bundles: also count the outputs that differ bitwise between every two bundles")
+    _add_output(p)
+
     p = sub.add_parser("matrix", help=f"Run the cases under each environment profile of a TOML file, then compare "
                                       f"them all; {TRUST_NOTE}")
     p.add_argument("profiles", metavar="PROFILES", help="Profiles file (TOML; see ci/profiles.toml)")
     p.add_argument("-k", dest="keyword", metavar="EXPR",
                    help="Only variants matching this expression (overrides the file's keyword)")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="A new folder: one bundle and log per profile, and the report (report.md, .json, .txt)")
+                   help="A new folder: one bundle and log per profile, and the report (report.html where jinja2 is "
+                        "installed, .md, .json, .txt, .xml)")
     p.add_argument("--profile", action="append", default=[], metavar="NAME",
                    help="Only these profiles and the baseline (repeatable or comma-separated)")
     p.add_argument("--overlays", metavar="DIR",
@@ -196,19 +211,24 @@ def cmd_env(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _check_report_paths(args: argparse.Namespace) -> None:
-    """A ``--report`` of an unknown extension is a usage error before anything runs or is written."""
+    """A ``--report`` of an unknown extension (or HTML without jinja2) is a usage error before
+    anything runs or is written."""
     from detharness import report as report_mod
 
-    for path in args.report:
-        report_mod.format_for_path(path)
+    report_mod.check_paths(args.report)
 
 
-def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO) -> None:
+def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO, arrays: Any = None) -> None:
+    """The report to stdout in ``--format``, and to each ``--report`` file; an HTML report draws its
+    plots from ``arrays`` (a :class:`~detharness.report.ArraySource`)."""
     from detharness import report as report_mod
 
-    out.write(report_mod.render(report, args.format))
+    html = [p for p in args.report if report_mod.format_for_path(p) == "html"]
+    if html:  # the markdown report's cut note points at it
+        report["html_report"] = display_path(html[0])
+    out.write(report_mod.render(report, args.format, verbose=args.verbose))
     for path in args.report:
-        report_mod.write(report, path)
+        report_mod.write(report, path, arrays=arrays)
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -260,7 +280,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                               seconds=time.perf_counter() - start,
                               extra={"bundle": display_path(args.out) if args.out else None,
                                      "variants": _variant_summary(record)})
-    _emit(report, args, out)
+    _emit(report, args, out, arrays=report_mod.ArraySource(default=record))
     if not args.out and args.format != "json":  # JSON says it with "bundle": null
         out.write(f"{NO_BUNDLE}\n")
     return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
@@ -329,8 +349,30 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     extra: dict[str, Any] = {"bundles": [display_path(p) for p in paths], **nway}
     report = report_mod.build(results, environments, title="detharness compare",
                               seconds=time.perf_counter() - start, extra=extra)
-    _emit(report, args, out)
+    _emit(report, args, out, arrays=report_mod.ArraySource(dict(zip(bundle_labels(paths), records, strict=True))))
     return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    """One bundle: its stored verdicts, as the run that wrote it reported them. Two or more: what
+    ``compare`` of them reports. Nothing reruns; the HTML report draws its plots from the bundles."""
+    if len(args.bundles) > 1:
+        args.baseline, args.candidates = args.bundles[0], args.bundles[1:]
+        return cmd_compare(args, out)
+    from detharness import record as record_mod
+    from detharness import report as report_mod
+    from detharness.results import failed
+
+    fail_on = _fail_on(args.fail_on)
+    _check_report_paths(args)
+    if args.keyword or args.all_pairs or args.match_device != "same":
+        raise UsageError("report: -k, --all-pairs and --match-device need two or more bundles")
+    record = record_mod.load(args.bundles[0])
+    report = report_mod.build(record.verdicts, {record.environment_id: record.environment}, title="detharness run",
+                              extra={"bundle": display_path(args.bundles[0]), "variants": _variant_summary(record),
+                                     "created": record.created})
+    _emit(report, args, out, arrays=report_mod.ArraySource(default=record))
+    return EXIT_FAILED if failed(record.verdicts, fail_on) else EXIT_OK
 
 
 def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
@@ -349,13 +391,19 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
 
     outcomes = matrix.run_matrix(spec, args.out, keyword=args.keyword, overlays=args.overlays, progress=progress)
     report = matrix.matrix_report(spec, outcomes, seconds=time.perf_counter() - start)
-    for name in ("report.md", "report.json", "report.txt"):
-        report_mod.write(report, os.path.join(args.out, name))
-    _emit(report, args, out)
+    arrays = matrix.array_source(outcomes)
+    names = ["report.md", "report.json", "report.txt", "report.xml"]
+    if report_mod.html_available():
+        names.insert(0, "report.html")
+        report["html_report"] = display_path(os.path.join(args.out, "report.html"))
+    for name in names:
+        report_mod.write(report, os.path.join(args.out, name), arrays=arrays)
+    _emit(report, args, out, arrays=arrays)
     return EXIT_FAILED if any(Status(r["status"]) in fail_on for r in report["results"]) else EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare, "matrix": cmd_matrix}
+COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare, "report": cmd_report,
+            "matrix": cmd_matrix}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

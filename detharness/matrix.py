@@ -585,6 +585,16 @@ def _tagged(progress: Callable[[str], None], tag: str, line: str) -> None:
     progress(f"{tag}: {line}")
 
 
+def array_source(outcomes: Sequence[ProfileOutcome]) -> Any:
+    """Where the HTML report finds the arrays of the matrix's results: each profile's bundle, by name."""
+    from detharness import record as record_mod
+    from detharness.report import ArraySource
+
+    records = {o.name: o.record if o.record is not None else record_mod.load(o.bundle)
+               for o in outcomes if o.ran and o.bundle}
+    return ArraySource(records)
+
+
 def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
                   seconds: float | None = None) -> dict[str, Any]:
     """Compare every bundle that was written against the baseline's (or the first that ran).

@@ -55,6 +55,38 @@ def test_run_then_compare_with_itself_is_identical(small_cases: Path, tmp_path: 
     assert compared["summary"]["identical"] == 6
 
 
+def test_report_renders_stored_bundles_as_run_and_compare_did(small_cases: Path, tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    bundle = tmp_path / "A"
+    run = run_cli("run", "--cases", str(small_cases), "--out", str(bundle), "--in-process", "--format", "json",
+                  "--report", str(tmp_path / "run.html"), "--report", str(tmp_path / "run.xml"))
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)["summary"]
+    # One bundle: its stored verdicts, as the run reported them; nothing reruns.
+    one = run_cli("report", str(bundle), "--format", "json", "--report", str(tmp_path / "again.html"))
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout)["summary"] == summary
+    page = (tmp_path / "again.html").read_text()
+    assert page.count('<figure class="plot') > 0  # plots drawn from the bundle's arrays
+    # The same page as the run wrote, but for the run's duration in the header.
+    assert (tmp_path / "run.html").read_text().partition('<section id="verdict"')[2] == page.partition(
+        '<section id="verdict"')[2]
+    suites = ET.parse(tmp_path / "run.xml").getroot()
+    assert int(suites.get("tests", -1)) == sum(summary.values())
+    # Two bundles: what compare of them reports.
+    two = run_cli("report", str(bundle), str(bundle), "--format", "json")
+    assert two.returncode == 0, two.stderr
+    assert json.loads(two.stdout)["summary"] == {"identical": 6, "skipped": summary["skipped"]}
+    # The text output leads with the summary and stays short; -v adds the table.
+    brief, verbose = run_cli("report", str(bundle)), run_cli("report", str(bundle), "-v")
+    assert brief.stdout.startswith("detharness run: ") and "status" not in brief.stdout.split()
+    assert verbose.stdout.startswith(brief.stdout.splitlines()[0]) and len(verbose.stdout) > len(brief.stdout)
+    # Two renders of one bundle are byte-identical.
+    again = run_cli("report", str(bundle), "--report", str(tmp_path / "third.html"))
+    assert again.returncode == 0 and (tmp_path / "third.html").read_bytes() == (tmp_path / "again.html").read_bytes()
+
+
 def test_worker_crash_hang_and_exception_cost_one_variant_each(tmp_path: Path) -> None:
     cases = write_cases(tmp_path / "bad", CRASHING_CASES)
     run = run_cli("run", "--cases", str(cases), "--timeout", "3", "--device", "cpu", "--format", "json")
@@ -104,7 +136,10 @@ def test_aten_cpu_capability_default_moves_softmax_and_layer_norm(tmp_path: Path
         (["run", "--backend", "tensorflow"], "detharness: error: unknown backend 'tensorflow'"),
         (["run", "--cases", "does/not/exist"], "detharness: error: --cases does/not/exist: no such file or directory"),
         (["run", "--repeat", "0"], "detharness: error: --repeat must be at least 1"),
-        (["run", "--report", "out.html"], "detharness: error: --report out.html: unknown extension '.html'; use .md, .json or .txt"),
+        (["run", "--report", "out.pdf"],
+         "detharness: error: --report out.pdf: unknown extension '.pdf'; use .md, .json, .txt, .html or .xml"),
+        (["report", "no-such-bundle"], "detharness: error: "),
+        (["report", "no-such-bundle", "-k", "x"], "detharness: error: "),
         (["run", "--fail-on", "bogus"], "detharness: error: --fail-on: unknown status 'bogus'"),
         (["compare", "no-such-bundle", "other"], "detharness: error: "),
         (["frobnicate"], "detharness: error: argument command: invalid choice"),

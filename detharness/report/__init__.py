@@ -1,4 +1,5 @@
-"""Reports of results: text for terminals and logs, markdown for job summaries, JSON for scripts.
+"""Reports of results: text for terminals and logs, markdown for job summaries, JSON for scripts,
+HTML for people (one self-contained file with plots), JUnit XML for CI test reporters.
 
 A report is built once as a plain JSON-safe dict (:func:`build`) from typed
 :class:`~detharness.results.Result` objects; every format renders that dict, so they never
@@ -18,6 +19,7 @@ from typing import Any
 
 from detharness._io import atomic_write_text
 from detharness.errors import UsageError
+from detharness.report.figures import ArraySource, collect
 from detharness.results import Result, summarize
 
 REPORT_SCHEMA = 2
@@ -27,10 +29,17 @@ Renderer = Callable[[Mapping[str, Any]], list[str]]
 
 @dataclass(frozen=True)
 class Section:
-    """One part of a text or markdown report: a name and what it renders from the report dict."""
+    """One part of a text or markdown report: a name, what it renders from the report dict, and
+    when it shows: ``always``, only in the ``brief`` text report (the default), or only ``verbose``
+    (``-v``). Markdown reports show ``always`` and ``verbose`` sections."""
 
     name: str
     render: Renderer
+    when: str = "always"
+
+    def __post_init__(self) -> None:
+        if self.when not in ("always", "brief", "verbose"):
+            raise ValueError(f"Section.when must be always, brief or verbose, not {self.when!r}")
 
 
 #: The sections of the text and the markdown report, in order; see :func:`register_section`.
@@ -47,10 +56,11 @@ def register_section(fmt: str, section: Section, *, before: str | None = None) -
     return section
 
 
-def render_sections(fmt: str, report: Mapping[str, Any]) -> list[str]:
+def render_sections(fmt: str, report: Mapping[str, Any], *, verbose: bool = True) -> list[str]:
     lines: list[str] = []
     for section in SECTIONS[fmt]:
-        lines += section.render(report)
+        if section.when == "always" or (section.when == "verbose") == verbose:
+            lines += section.render(report)
     return lines
 
 
@@ -75,36 +85,74 @@ def build(results: Sequence[Result], environments: Mapping[str, Mapping[str, Any
 
 
 def _formats() -> dict[str, Callable[[Mapping[str, Any]], str]]:
-    from detharness.report import json_report, markdown, text
+    from detharness.report import html, json_report, junit, markdown, text
 
-    return {"text": text.render, "md": markdown.render, "json": json_report.render}
-
-
-EXTENSIONS = {".md": "md", ".json": "json", ".txt": "text"}
+    return {"text": text.render, "md": markdown.render, "json": json_report.render, "html": html.render,
+            "junit": junit.render}
 
 
-def render(report: Mapping[str, Any], fmt: str) -> str:
+EXTENSIONS = {".md": "md", ".json": "json", ".txt": "text", ".html": "html", ".xml": "junit"}
+
+
+def render(report: Mapping[str, Any], fmt: str, *, verbose: bool = False) -> str:
+    """``report`` in format ``fmt``; ``verbose`` makes the text report hold every result in full."""
     formats = _formats()
     if fmt not in formats:
         raise UsageError(f"unknown format {fmt!r}: choose from {', '.join(formats)}")
+    if fmt == "text":
+        from detharness.report import text
+
+        return text.render(report, verbose=verbose)
     return formats[fmt](report)
 
 
 def format_for_path(path: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
-        raise UsageError(f"--report {path}: unknown extension {suffix or '(none)'!r}; use .md, .json or .txt")
+        raise UsageError(f"--report {path}: unknown extension {suffix or '(none)'!r}; use "
+                         f"{', '.join(list(EXTENSIONS)[:-1])} or {list(EXTENSIONS)[-1]}")
     return EXTENSIONS[suffix]
 
 
-def write(report: Mapping[str, Any], path: str) -> None:
-    """Write a report in the format its extension names, atomically, making its folder if needed."""
+def check_paths(paths: Sequence[str]) -> None:
+    """Refuse, before anything runs, a report path of an unknown extension, or an HTML report on a
+    machine without jinja2 (a run of an hour should not end in "cannot write the report")."""
+    for path in paths:
+        if format_for_path(path) == "html":
+            from detharness.report import html
+
+            html.require()
+
+
+def html_available() -> bool:
+    """Whether this machine can write HTML reports (jinja2 is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("jinja2") is not None
+
+
+def with_figures(report: Mapping[str, Any], arrays: ArraySource | None) -> Mapping[str, Any]:
+    """``report`` with the plot data of its results (see :mod:`detharness.report.figures`), for the
+    HTML report; the other formats never carry it."""
+    if arrays is None:
+        return report
+    figures, more = collect(report["results"], arrays)
+    return {**report, "figures": figures, "figures_more": more}
+
+
+def write(report: Mapping[str, Any], path: str, *, arrays: ArraySource | None = None) -> None:
+    """Write a report in the format its extension names, atomically, making its folder if needed;
+    an HTML report draws its plots from ``arrays`` where given."""
+    fmt = format_for_path(path)
+    if fmt == "html":
+        report = with_figures(report, arrays)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, render(report, format_for_path(path)))
+    atomic_write_text(path, render(report, fmt))
 
 
 from detharness.report import sections as _sections  # noqa: E402  (registers the built-in sections)
 
-__all__ = ["EXTENSIONS", "REPORT_SCHEMA", "SECTIONS", "Section", "build", "format_for_path", "order",
-           "register_section", "render", "render_sections", "write"]
+__all__ = ["EXTENSIONS", "REPORT_SCHEMA", "SECTIONS", "ArraySource", "Section", "build", "check_paths",
+           "format_for_path", "html_available", "order", "register_section", "render", "render_sections",
+           "with_figures", "write"]
 del _sections

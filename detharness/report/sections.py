@@ -13,10 +13,14 @@ from detharness.report._format import env_diff_text, headline, number, skipped_r
 from detharness.report._matrix import markdown_sections, text_sections
 from detharness.results import QUIET, Status
 
-#: Failures shown in full in the text report; the rest are counted.
+#: Failures shown in full in the verbose text report; the rest are counted.
 MAX_DETAILS = 10
-#: Rows of the markdown results table; the rest are in the JSON report.
-MAX_ROWS = 1000
+#: Failures with one line each in the brief text report and the markdown summary.
+MAX_BRIEF = 30
+#: Failures shown in full in the markdown report (each folded); the rest are listed in the cases.
+MAX_MD_DETAILS = 100
+#: Skip reasons in the brief text report.
+MAX_SKIP_REASONS = 5
 #: Lines of a traceback the text report shows (the last ones: the user's frame and the error).
 TRACEBACK_LINES = 6
 _ENV_KEYS = ["python.version", "machine.arch", "cpu.model", "numpy.version", "torch.version",
@@ -58,7 +62,7 @@ def text_table(report: Mapping[str, Any]) -> list[str]:
         return []
     rows = [[*map(terminal_safe, (r["status"], r["check"], r["variant"] or "", r["output"] or "", *_numbers(r))),
              _note(r, 80)] for r in results]
-    return [tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True)]
+    return ["", tabulate(rows, headers=_HEADERS, tablefmt="simple", disable_numparse=True)]
 
 
 def text_failures(report: Mapping[str, Any]) -> list[str]:
@@ -77,6 +81,33 @@ def text_failures(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"reproduce: {terminal_safe(r['reproduce'])}")
     if len(failures) > MAX_DETAILS:
         lines.append(f"\n({len(failures) - MAX_DETAILS} more failures: use --format json or --report FILE for all)")
+    return lines
+
+
+def _where(r: Mapping[str, Any]) -> str:
+    return f"{r['check']} {r['variant']}" + (f" {r['output']!r}" if r.get("output") else "")
+
+
+def text_failures_brief(report: Mapping[str, Any]) -> list[str]:
+    failures = _failures(report)
+    if not failures:
+        return []
+    lines = ["", f"failures ({len(failures)}):"]
+    lines += [f"  {terminal_safe(r['status'].upper())}  {terminal_safe(_where(r))}: {_note(r, 100)}"
+              for r in failures[:MAX_BRIEF]]
+    if len(failures) > MAX_BRIEF:
+        lines.append(f"  ... {len(failures) - MAX_BRIEF} more (-v, --format json or --report FILE.html for all)")
+    return lines
+
+
+def text_skipped_brief(report: Mapping[str, Any]) -> list[str]:
+    skipped = skipped_reasons(report["results"])
+    if not skipped:
+        return []
+    lines = ["", f"could not run here ({sum(n for _, n in skipped)} skipped):"]
+    lines += [f"  {count:4d}  {terminal_safe(reason)}" for reason, count in skipped[:MAX_SKIP_REASONS]]
+    if len(skipped) > MAX_SKIP_REASONS:
+        lines.append(f"  ... {len(skipped) - MAX_SKIP_REASONS} more reasons (-v)")
     return lines
 
 
@@ -103,10 +134,63 @@ def text_skipped(report: Mapping[str, Any]) -> list[str]:
     skipped = skipped_reasons(report["results"])
     if not skipped:
         return []
-    return ["", "skipped:", *[f"  {count:4d}  {terminal_safe(reason)}" for reason, count in skipped]]
+    return ["", "could not run here (skipped):", *[f"  {count:4d}  {terminal_safe(reason)}" for reason, count in skipped]]
 
 
 # -- markdown ---------------------------------------------------------------------------------
+
+
+def markdown_summary(report: Mapping[str, Any]) -> list[str]:
+    """What could not run here in one line, and one line per failure: the answer before the detail."""
+    out: list[str] = []
+    skipped = skipped_reasons(report["results"])
+    if skipped:
+        reasons = "; ".join(f"{n} {md_text(reason)}" for reason, n in skipped[:MAX_SKIP_REASONS])
+        more = f"; {len(skipped) - MAX_SKIP_REASONS} more reasons below" if len(skipped) > MAX_SKIP_REASONS else ""
+        out += [f"Could not run here: {reasons}{more}.", ""]
+    failures = _failures(report)
+    for r in failures[:MAX_BRIEF]:
+        out.append(f"- **{md_text(r['status'])}** {md_code(_where(r))}: {md_text(_note(r, 160))}")
+    if len(failures) > MAX_BRIEF:
+        out.append(f"- _{len(failures) - MAX_BRIEF} more failures below._")
+    if failures:
+        out.append("")
+    return out
+
+
+def case_groups(report: Mapping[str, Any]) -> list[tuple[str, list[Mapping[str, Any]]]]:
+    """The results that ran, grouped by case: cases with a failure first (worst first), then by id."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in _shown(report):
+        groups.setdefault(r.get("case") or "(no case)", []).append(r)
+
+    def worst(rs: list[Mapping[str, Any]]) -> int:
+        return max(Status(r["status"]).severity for r in rs)
+
+    return sorted(groups.items(), key=lambda kv: (-worst(kv[1]), kv[0]))
+
+
+def markdown_case_blocks(report: Mapping[str, Any]) -> list[list[str]]:
+    """One folded block per case (open where something failed): its results in a table."""
+    blocks = []
+    for case_id, results in case_groups(report):
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        tally = ", ".join(f"{n} {md_html(st)}" for st, n in sorted(counts.items(), key=lambda kv: -Status(kv[0]).severity))
+        opened = " open" if any(Status(r["status"]) not in QUIET for r in results) else ""
+        rows = [[md_text(r["status"]), md_text(r["check"]), md_code(r["variant"] or ""), md_text(r["output"] or ""),
+                 *map(md_text, _numbers(r)), md_text(_note(r))] for r in results]
+        blocks.append([f"<details{opened}><summary><code>{md_html(case_id)}</code>: {tally}</summary>", "",
+                       tabulate(rows, headers=_HEADERS, tablefmt="github", disable_numparse=True), "", "</details>", ""])
+    return blocks
+
+
+def markdown_cases(report: Mapping[str, Any]) -> list[str]:
+    blocks = markdown_case_blocks(report)
+    if not blocks:
+        return []
+    return ["### Results by case", "", *[line for block in blocks for line in block]]
 
 
 def markdown_environments(report: Mapping[str, Any]) -> list[str]:
@@ -123,7 +207,7 @@ def markdown_failures(report: Mapping[str, Any]) -> list[str]:
     if not failures:
         return []
     out = ["### Failures", ""]
-    for r in failures:
+    for r in failures[:MAX_MD_DETAILS]:
         # A <summary> line is raw HTML (not markdown): its text is HTML-escaped, the backticks are literal.
         title = f"{md_html(r['status'])} · {md_html(r['check'])} · `{md_html(r['variant'])}`"
         title += f" · `{md_html(r['output'])}`" if r["output"] else ""
@@ -136,18 +220,9 @@ def markdown_failures(report: Mapping[str, Any]) -> list[str]:
         if r.get("reproduce"):
             out += ["Reproduce:", "", *md_fence(r["reproduce"], "sh"), ""]
         out += ["</details>", ""]
-    return out
-
-
-def markdown_table(report: Mapping[str, Any]) -> list[str]:
-    results = _shown(report)
-    if not results:
-        return []
-    rows = [[md_text(r["status"]), md_text(r["check"]), md_code(r["variant"] or ""), md_text(r["output"] or ""),
-             *map(md_text, _numbers(r)), md_text(_note(r))] for r in results[:MAX_ROWS]]
-    out = ["### Results", "", tabulate(rows, headers=_HEADERS, tablefmt="github", disable_numparse=True), ""]
-    if len(results) > MAX_ROWS:
-        out += [f"_{len(results) - MAX_ROWS} more results in the JSON report._", ""]
+    if len(failures) > MAX_MD_DETAILS:
+        out += [f"_{len(failures) - MAX_MD_DETAILS} more failures: their one-line reasons are in the results by case, "
+                "everything in the JSON and HTML reports._", ""]
     return out
 
 
@@ -169,12 +244,19 @@ def markdown_skipped(report: Mapping[str, Any]) -> list[str]:
             "", "</details>", ""]
 
 
-for _section in (Section("results", text_table), Section("failures", text_failures),
-                 Section("known", text_known), Section("skipped", text_skipped), Section("n-way", text_sections)):
+# Text: the brief report (the default) is the summary line (text.render), skip reasons, one line per
+# failure, known divergences and the N-way sections; -v adds every result and each failure in full.
+for _section in (Section("skipped-brief", text_skipped_brief, "brief"),
+                 Section("failures-brief", text_failures_brief, "brief"),
+                 Section("results", text_table, "verbose"), Section("failures", text_failures, "verbose"),
+                 Section("known", text_known), Section("skipped", text_skipped, "verbose"),
+                 Section("n-way", text_sections)):
     register_section("text", _section)
-# N-way sections (profiles, attribution, matrix) come before the failures in markdown: with many
-# environments they say in a few lines what hundreds of failure rows repeat.
-for _section in (Section("environments", markdown_environments), Section("n-way", markdown_sections),
-                 Section("failures", markdown_failures), Section("results", markdown_table),
-                 Section("known", markdown_known), Section("skipped", markdown_skipped)):
+# Markdown: the summary, then the N-way sections (profiles, attribution, matrix: with many
+# environments they say in a few lines what hundreds of failure rows repeat), the failures in full,
+# every result grouped by case (passing cases folded), and the reference sections last.
+for _section in (Section("summary", markdown_summary), Section("n-way", markdown_sections),
+                 Section("failures", markdown_failures), Section("cases", markdown_cases),
+                 Section("known", markdown_known), Section("skipped", markdown_skipped),
+                 Section("environments", markdown_environments)):
     register_section("md", _section)

@@ -100,9 +100,23 @@ def _shown(built: dict[str, Any]) -> int:
 # -- text ---------------------------------------------------------------------------------------
 
 
-def test_text_report_passes_no_escape_sequence_control_or_bidi_character() -> None:
+def test_brief_text_report_passes_no_escape_sequence_control_or_bidi_character() -> None:
     built = _hostile_report()
     text = report.render(built, "text")
+    assert not RAW_CONTROL.search(text)
+    assert "\\x1b[31mred" in text and "\\u202eevil" in text
+    # One line per failure: a message's newline is shown as \n, never a new line.
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("failures ("))
+    count = int(lines[start][len("failures ("):-2])
+    assert count == sum(r["status"] in ("diverged", "mismatch", "error") for r in built["results"])
+    assert all(line.startswith("  ") and "<script>" in line for line in lines[start + 1:start + 1 + count])
+    assert lines[start + 1 + count] == ""
+
+
+def test_text_report_passes_no_escape_sequence_control_or_bidi_character() -> None:
+    built = _hostile_report()
+    text = report.render(built, "text", verbose=True)
     assert not RAW_CONTROL.search(text)
     assert "\\x1b[31mred" in text and "\\u202eevil" in text and "\\x9b2J" in text
     # The results table has one line per result shown: a cell's newline is shown as \n.
@@ -143,22 +157,24 @@ def test_markdown_report_keeps_its_structure_whatever_the_results_hold() -> None
     assert depth == 0
     opened = [s for s in _tags(html, "details") if not s]
     assert len(opened) == len([s for s in _tags(html, "summary") if not s]) == len(_tags(html, "/summary"))
-    assert len(opened) == 8  # environments, attribution members, variants, pairs, 2 failures, a traceback, skipped
+    # 2 cases, environments, attribution members, variants, pairs, 2 failures, a traceback, skipped
+    assert len(opened) == 10
 
 
 def test_markdown_tables_have_one_row_per_result_and_the_columns_they_name() -> None:
     built = _hostile_report()
     tokens = MarkdownIt("commonmark").enable("table").parse(report.render(built, "md"))
     headings = [_text(tokens[i + 1]) for i, t in enumerate(tokens) if t.type == "heading_open"]
-    assert headings[-1] == "Results" and headings[0] == "detharness <script>alert(1)</script> <img src=x " \
+    assert headings[-1] == "Results by case" and headings[0] == "detharness <script>alert(1)</script> <img src=x " \
         "onerror=alert(2)> </details></summary> &amp; <b>"
     tables = _tables(tokens)
-    results_table = tables[-2]  # the last one lists the skip reasons
-    assert len(results_table) == 1 + _shown(built)
-    assert all(len(row) == 8 for row in results_table)
-    variants = [row[2] for row in results_table[1:]]
+    # The results by case (one table per case), the skip reasons, the environments last.
+    case_tables = [t for t in tables if t[0][:3] == ["status", "check", "variant"]]
+    assert sum(len(t) - 1 for t in case_tables) == _shown(built)
+    assert all(len(row) == 8 for t in case_tables for row in t)
+    variants = [row[2] for t in case_tables for row in t[1:]]
     assert variants[0].startswith("evil/<script>alert(1)</script>") and "| cell | break |\\n\\n# heading" in variants[0]
-    skip_table = tables[-1]
+    skip_table = tables[-2]
     assert len(skip_table) == 2 and skip_table[1][1].startswith("skip reason <script>")
     for table in tables:  # no table lost a column or gained one
         assert len({len(row) for row in table}) == 1
@@ -256,9 +272,9 @@ def test_cli_main_escapes_any_error_it_prints(capsys: pytest.CaptureFixture[str]
     from detharness import cli
 
     monkeypatch.setattr(sys, "argv", ["detharness"])
-    assert cli.main(["run", "--report", f"{tmp_path}/r\x1b[2J\u202e.html"]) == 2
+    assert cli.main(["run", "--report", f"{tmp_path}/r\x1b[2J\u202e.pdf"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "r\\x1b[2J\\u202e.html" in err and not RAW_CONTROL.search(err)
+    assert err.count("\n") == 1 and "r\\x1b[2J\\u202e.pdf" in err and not RAW_CONTROL.search(err)
 
 
 @pytest.mark.parametrize("fmt", ["text", "md"])

@@ -34,14 +34,25 @@ def test_failures_come_first_and_summary_counts_by_status() -> None:
     assert built["summary"] == {"diverged": 1, "skipped": 1, "identical": 1}
 
 
-def test_text_report_table_details_and_summary_last() -> None:
+def test_text_report_leads_with_the_summary_then_one_line_per_failure() -> None:
     text = report.render(_report(), "text")
     lines = text.rstrip("\n").splitlines()
-    assert lines[0].split() == ["status", "check", "variant", "output", "max", "ulp", "max", "abs", "max", "scaled", "note"]
+    # Verdicts on what ran here first; what could not run here after them, by reason.
+    assert lines[0] == "detharness run: 1 diverged, 1 identical; 1 skipped in 1.2s"
+    assert lines[2:4] == ["could not run here (1 skipped):", "     1  no cuda device seen by torch"]
+    assert "  DIVERGED  backend a/b[u:cpu:float32:eager] 'y': DIVERGED | Output: 'y' | big" in lines
+    assert "status" not in text.split() and "reproduce:" not in text  # the table and details are -v
+    assert lines[-1].startswith("every result: -v")
+
+
+def test_verbose_text_report_has_the_table_and_each_failure_in_full() -> None:
+    text = report.render(_report(), "text", verbose=True)
+    lines = text.rstrip("\n").splitlines()
+    assert lines[0] == "detharness run: 1 diverged, 1 identical; 1 skipped in 1.2s"
+    assert lines[1] == "" and lines[2].split()[:3] == ["status", "check", "variant"]
     assert "--- DIVERGED backend a/b[u:cpu:float32:eager] output 'y'" in text
     assert "reproduce: detharness run -k 'a/b[u:cpu:float32:eager]'" in text
     assert "     1  no cuda device seen by torch" in text
-    assert lines[-1] == "detharness run: 1 diverged, 1 skipped, 1 identical in 1.2s"
 
 
 def test_json_report_writes_non_finite_numbers_as_strings() -> None:
@@ -56,7 +67,9 @@ def test_json_report_writes_non_finite_numbers_as_strings() -> None:
 
 def test_markdown_report_has_failure_details_and_skipped_reasons() -> None:
     md = report.render(_report(), "md")
-    assert md.startswith("## detharness run\n\n**1 diverged, 1 skipped, 1 identical in 1.2s**")
+    assert md.startswith("## detharness run\n\n**1 diverged, 1 identical; 1 skipped in 1.2s**\n\n"
+                         "Could not run here: 1 no cuda device seen by torch.\n\n"
+                         "- **diverged** `backend a/b[u:cpu:float32:eager] 'y'`: DIVERGED \\| Output: 'y' \\| big\n")
     assert "<details><summary>diverged · backend · `a/b[u:cpu:float32:eager]` · `y`</summary>" in md
     assert "<details><summary>Skipped</summary>" in md
     assert "|       1 | no cuda device seen by torch |" in md
@@ -65,8 +78,8 @@ def test_markdown_report_has_failure_details_and_skipped_reasons() -> None:
 def test_report_file_format_follows_the_extension(tmp_path: Path) -> None:
     report.write(_report(), str(tmp_path / "deep" / "r.json"))
     assert json.loads((tmp_path / "deep" / "r.json").read_text())["title"] == "detharness run"
-    with pytest.raises(UsageError, match=r"unknown extension '\.html'"):
-        report.write(_report(), str(tmp_path / "r.html"))
+    with pytest.raises(UsageError, match=r"unknown extension '\.pdf'; use \.md, \.json, \.txt, \.html or \.xml"):
+        report.write(_report(), str(tmp_path / "r.pdf"))
 
 
 def test_an_error_shows_the_last_lines_of_its_traceback_and_markdown_folds_all_of_it() -> None:
@@ -75,7 +88,7 @@ def test_an_error_shows_the_last_lines_of_its_traceback_and_markdown_folds_all_o
     err = new_result("backend", "a/b", "a/b[u:cpu:float32:eager]", "error", "ValueError: cannot reshape",
                      traceback=tb)
     built = report.build([err], {}, title="t")
-    text = report.render(built, "text")
+    text = report.render(built, "text", verbose=True)
     assert 'File "my_cases/scale.py", line 12, in _' in text and 'File "f0.py"' not in text
     md = report.render(built, "md")
     assert "<details><summary>Traceback</summary>" in md and 'File "f0.py"' in md
@@ -86,8 +99,8 @@ def test_a_registered_section_renders_in_its_place() -> None:
     section = Section("demo", lambda rep: [f"demo section: {len(rep['results'])} results"])
     register_section("text", section, before="skipped")
     try:
-        text = report.render(_report(), "text")
-        assert text.index("demo section: 3 results") < text.index("skipped:")
+        text = report.render(_report(), "text", verbose=True)
+        assert text.index("demo section: 3 results") < text.index("could not run here (skipped):")
     finally:
         report.SECTIONS["text"].remove(section)
 
