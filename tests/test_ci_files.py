@@ -17,6 +17,7 @@ import sys
 import zipfile
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 
@@ -118,7 +119,7 @@ def load_workflow() -> dict[str, Any]:
 def test_workflow_shape() -> None:
     wf = load_workflow()
     jobs = wf["jobs"]
-    assert set(jobs) == {"plan", "run", "compare"}
+    assert set(jobs) == {"plan", "run", "compare", "publish"}
     assert jobs["run"]["runs-on"] == "${{ matrix.runner }}"
     assert jobs["run"]["strategy"]["fail-fast"] is False
     upload = next(s for s in jobs["run"]["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact"))
@@ -126,6 +127,11 @@ def test_workflow_shape() -> None:
     download = next(s for s in jobs["compare"]["steps"] if str(s.get("uses", "")).startswith("actions/download-artifact"))
     assert download["with"] == {"pattern": "bundle-*", "path": "bundles"}
     assert jobs["compare"]["if"] == "${{ !cancelled() }}"
+    report = next(s for s in jobs["compare"]["steps"] if s.get("name") == "Upload the full report")
+    assert report["with"]["name"] == "determinism-report" and report["with"]["path"] == "reports/"
+    assert report["if"] == "${{ !cancelled() }}"  # every run, pull requests included, and after a divergence
+    install = next(s["run"] for s in jobs["compare"]["steps"] if "pip install" in s.get("run", ""))
+    assert '-e ".[html]"' in install  # the HTML report's templates (jinja2)
     assert "gpu-runner" in wf["on"]["workflow_dispatch"]["inputs"]
     # Every run: step calls a script in ci/, which exists and is executable.
     runs = [s["run"] for job in jobs.values() for s in job["steps"] if "run" in s]
@@ -138,6 +144,51 @@ def test_workflow_shape() -> None:
         for step in job["steps"]:
             if "uses" in step:
                 assert re.fullmatch(r"[\w-]+/[\w-]+@v\d+", step["uses"]), step["uses"]
+
+
+def test_publish_job_deploys_mains_html_report_to_pages_with_the_least_permissions() -> None:
+    wf = load_workflow()
+    jobs = wf["jobs"]
+    assert wf["permissions"] == {"contents": "read"}  # the workflow's default stays read-only
+    publish = jobs["publish"]
+    assert publish["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    for name, job in jobs.items():  # no other job may write Pages or mint an OIDC token
+        assert name == "publish" or "permissions" not in job, name
+    assert publish["needs"] == "compare"
+    condition = publish["if"]
+    assert "github.event_name == 'push'" in condition and "github.ref == 'refs/heads/main'" in condition
+    assert "!cancelled()" in condition  # a divergence fails compare; its report is still published
+    assert publish["environment"] == {"name": "github-pages", "url": "${{ steps.deployment.outputs.page_url }}"}
+    steps = publish["steps"]
+    uses = [str(s.get("uses", "")).split("@")[0] for s in steps]
+    for action in ("actions/download-artifact", "actions/configure-pages", "actions/upload-pages-artifact",
+                   "actions/deploy-pages"):
+        assert action in uses, action
+    assert uses.index("actions/upload-pages-artifact") < uses.index("actions/deploy-pages")
+    download = steps[uses.index("actions/download-artifact")]
+    assert download["with"] == {"name": "determinism-report", "path": "reports"}
+    site = next(s["run"] for s in steps if "--site" in s.get("run", ""))
+    assert site.split()[1:] == ["--site", "reports/compare.html", "_site"]
+    assert steps[uses.index("actions/upload-pages-artifact")]["with"] == {"path": "_site"}
+    assert steps[uses.index("actions/deploy-pages")]["id"] == "deployment"
+    # The last step links the deployed page from the publish job's summary.
+    assert steps[-1]["env"] == {"DH_PAGE_URL": "${{ steps.deployment.outputs.page_url }}"}
+    assert steps[-1]["run"].startswith('ci/summary.py --link "$DH_PAGE_URL" ')
+    assert steps[-1]["run"].endswith('>> "$GITHUB_STEP_SUMMARY"')
+    # The compare job's summary links the artifact on every run (the only link on pull requests).
+    last = jobs["compare"]["steps"][-1]
+    assert last["env"] == {"DH_ARTIFACT_URL": "${{ steps.upload.outputs.artifact-url }}"}
+    assert last["if"] == "${{ !cancelled() }}" and last["run"].startswith('ci/summary.py --link "$DH_ARTIFACT_URL" ')
+    # The header says so.
+    header = (ROOT / ".github" / "workflows" / "determinism.yml").read_text().split("\nname:")[0]
+    assert "GitHub Pages" in header and "publish job" in header
+
+
+def test_compare_script_writes_the_html_and_junit_reports() -> None:
+    text = (ROOT / "ci" / "compare.sh").read_text()
+    command = text[text.index("detharness compare"):text.index("|| status=$?")]
+    for report in ("reports/compare.md", "reports/compare.json", "reports/compare.html", "reports/compare.xml"):
+        assert f"--report {report}" in command, report
 
 
 def run_plan(**env: str) -> list[dict[str, str]]:
@@ -234,6 +285,25 @@ def test_summary_is_cut_to_fit_with_a_note() -> None:
     assert "> **Cut to fit the job summary:** " in cut
 
 
+def test_summary_links_the_html_report_and_makes_the_pages_site(tmp_path: Path) -> None:
+    script = str(ROOT / "ci" / "summary.py")
+    done = subprocess.run([script, "--link", "https://o.github.io/r/", "the [main] report"], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout == "\n**HTML report:** [the \\[main\\] report](<https://o.github.io/r/>)\n"
+    done = subprocess.run([script, "--link", "", "compare.html"], capture_output=True, text=True, check=True)
+    assert "no link" in done.stdout and "](" not in done.stdout  # never a dead link
+    page = tmp_path / "reports" / "compare.html"
+    page.parent.mkdir()
+    page.write_text("<!doctype html><title>detharness compare</title>")
+    done = subprocess.run([script, "--site", str(page), str(tmp_path / "_site")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "_site" / "index.html").read_text() == page.read_text()
+    done = subprocess.run([script, "--site", str(tmp_path / "missing.html"), str(tmp_path / "_site2")],
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "no HTML report to publish" in done.stderr
+    assert subprocess.run([script, "--link", "x"], capture_output=True, text=True).returncode == 2
+
+
 def copy_ci(root: Path) -> Path:
     """The ci/ scripts in a scratch checkout, so they write bundles/ and reports/ there."""
     (root / "ci").mkdir(parents=True)
@@ -257,6 +327,10 @@ def test_compare_script_compares_every_bundle_and_writes_the_summary(tmp_path: P
     assert report["bundles"][0] == "bundles/bundle-cpu-x86_64"  # the baseline comes first
     assert report["matrix"]["environments"] == ["bundle-cpu-arm64", "bundle-gpu-cuda"]
     assert summary.read_text().startswith("## detharness compare")
+    html = (root / "reports" / "compare.html").read_text()
+    assert "<html" in html.lower() and "bundle-cpu-arm64" in html
+    junit = ElementTree.parse(root / "reports" / "compare.xml").getroot()
+    assert junit.tag in {"testsuites", "testsuite"}
 
 
 def test_compare_script_with_one_bundle_fails_and_says_why(tmp_path: Path) -> None:
