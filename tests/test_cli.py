@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,9 +76,13 @@ def test_report_renders_stored_bundles_as_run_and_compare_did(small_cases: Path,
     suites = ET.parse(tmp_path / "run.xml").getroot()
     assert int(suites.get("tests", -1)) == sum(summary.values())
     # Two bundles: what compare of them reports.
-    two = run_cli("report", str(bundle), str(bundle), "--format", "json")
+    two = run_cli("report", str(bundle), str(bundle), "--format", "json", "--report", str(tmp_path / "two.html"))
     assert two.returncode == 0, two.stderr
     assert json.loads(two.stdout)["summary"] == {"identical": 6, "skipped": summary["skipped"]}
+    # Two renders of a compare are byte-identical too: no duration or time in the page.
+    shutil.copy(tmp_path / "two.html", tmp_path / "two-first.html")
+    assert run_cli("report", str(bundle), str(bundle), "--report", str(tmp_path / "two.html")).returncode == 0
+    assert (tmp_path / "two.html").read_bytes() == (tmp_path / "two-first.html").read_bytes()
     # The text output leads with the summary and stays short; -v adds the table.
     brief, verbose = run_cli("report", str(bundle)), run_cli("report", str(bundle), "-v")
     assert brief.stdout.startswith("detharness run: ") and "status" not in brief.stdout.split()

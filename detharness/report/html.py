@@ -237,7 +237,9 @@ def page(report: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template shows, computed here so the template only lays it out."""
     figures: Mapping[int, Mapping[str, Any]] = report.get("figures") or {}
     return {
-        "title": report.get("title") or "detharness", "seconds": report.get("seconds"),
+        # No duration and no timestamp: the same bundles give the same bytes (the text and JSON
+        # reports carry the run's seconds).
+        "title": report.get("title") or "detharness",
         "bundles": [str(b) for b in report.get("bundles") or ([report["bundle"]] if report.get("bundle") else [])],
         "banner": _banner(report), "grid": _grid(report), "profiles": report.get("profiles") or [],
         "cases": _cases(report, figures), "environments": _environments(report),

@@ -166,8 +166,6 @@ def test_the_scatter_keeps_the_worst_points_and_an_even_spread_in_index_order() 
 def test_the_heatmap_is_bounded_and_keeps_the_largest_error(rows: int, cols: int, seed: int) -> None:
     error = np.random.default_rng(seed).random((rows, cols))
     data = figures.heatmap(error, side=8)
-    if rows < 2 and cols < 2:
-        pass
     assert data is not None
     cells = np.array(data["cells"], dtype=float)
     assert cells.shape == (min(rows, 8), min(cols, 8))
@@ -179,8 +177,8 @@ def test_figures_skip_what_has_nothing_to_plot() -> None:
     assert figures.figures(np.arange(4), np.arange(4)) is None  # integers
     assert figures.figures(np.ones(3), np.ones(4)) is None  # shapes differ
     data = figures.figures(np.array([1.0, np.nan, 3.0]), np.array([1.5, np.nan, np.inf]))
-    assert data is not None and data["heatmap"] is None and data["scatter"] == [[1.0, 0.5], [0.0, 0.0]] or \
-        data["scatter"] == [[1.0, 0.5]]
+    # NaN against NaN is no error; a NaN reference or an infinite error is no point on a log plot.
+    assert data is not None and data["heatmap"] is None and data["scatter"] == [[1.0, 0.5]]
 
 
 def test_figures_are_drawn_for_at_most_the_limit_and_the_rest_counted() -> None:
@@ -193,7 +191,9 @@ def test_figures_are_drawn_for_at_most_the_limit_and_the_rest_counted() -> None:
 
     class Record:
         environment_id = "f" * 64
-        variants = {"ref": Variant(1.0), **{f"c[v{i}]": Variant(1.0 + i) for i in range(5)}}
+
+        def __init__(self) -> None:
+            self.variants = {"ref": Variant(1.0), **{f"c[v{i}]": Variant(1.0 + i) for i in range(5)}}
 
     plotted, more = figures.collect(results, figures.ArraySource(default=Record()), limit=3)
     assert sorted(plotted) == [0, 1, 2] and more == 2
