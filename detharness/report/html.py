@@ -31,7 +31,7 @@ from typing import Any
 
 from detharness.errors import UsageError
 from detharness.report._format import headline, number, skipped_reasons
-from detharness.report.sections import known_reasons
+from detharness.report.sections import IDENTICAL_ROWS, known_reasons
 from detharness.results import QUIET, Status
 
 #: Failures that get a sentence in the banner (the first BANNER_OPEN shown, the others folded); the
@@ -41,8 +41,6 @@ BANNER_OPEN = 12
 #: Results that differ and get a detail block (message, histogram, plots) in report order, worst
 #: first; the others keep their table row. A matrix has thousands of close results.
 MAX_DETAILED = 400
-#: Bitwise identical results listed in a case's table; the rest are counted (a matrix has thousands).
-IDENTICAL_ROWS = 12
 #: Fingerprint keys shown first in the environments table.
 _ENV_FIRST = ("python.version", "machine.arch", "cpu.model", "numpy.version", "torch.version",
               "torch.cpu_capability", "onnxruntime.version", "jax.version", "gpu.name")

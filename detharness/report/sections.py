@@ -21,6 +21,9 @@ MAX_BRIEF = 30
 MAX_MD_DETAILS = 100
 #: Skip reasons in the brief text report.
 MAX_SKIP_REASONS = 5
+#: Bitwise identical results listed per case in the markdown and HTML reports; the rest are counted
+#: (a matrix holds thousands; the JSON report lists them all).
+IDENTICAL_ROWS = 12
 #: Lines of a traceback the text report shows (the last ones: the user's frame and the error).
 TRACEBACK_LINES = 6
 _ENV_KEYS = ["python.version", "machine.arch", "cpu.model", "numpy.version", "torch.version",
@@ -179,10 +182,15 @@ def markdown_case_blocks(report: Mapping[str, Any]) -> list[list[str]]:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         tally = ", ".join(f"{n} {md_html(st)}" for st, n in sorted(counts.items(), key=lambda kv: -Status(kv[0]).severity))
         opened = " open" if any(Status(r["status"]) not in QUIET for r in results) else ""
+        identical = [r for r in results if r["status"] == Status.IDENTICAL]
+        listed = [r for r in results if r["status"] != Status.IDENTICAL] + identical[:IDENTICAL_ROWS]
         rows = [[md_text(r["status"]), md_text(r["check"]), md_code(r["variant"] or ""), md_text(r["output"] or ""),
-                 *map(md_text, _numbers(r)), md_text(_note(r))] for r in results]
+                 *map(md_text, _numbers(r)), md_text(_note(r))] for r in listed]
+        more = len(identical) - IDENTICAL_ROWS
         blocks.append([f"<details{opened}><summary><code>{md_html(case_id)}</code>: {tally}</summary>", "",
-                       tabulate(rows, headers=_HEADERS, tablefmt="github", disable_numparse=True), "", "</details>", ""])
+                       tabulate(rows, headers=_HEADERS, tablefmt="github", disable_numparse=True), "",
+                       *([f"_{more} more bitwise identical results (listed in the JSON report)._", ""] if more > 0 else []),
+                       "</details>", ""])
     return blocks
 
 

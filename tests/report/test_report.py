@@ -120,3 +120,31 @@ def test_headline_of_an_empty_or_blank_message_is_empty() -> None:
 
     assert headline(None) == headline("") == headline("  \n ") == ""
     assert headline("\n  first line\nsecond") == "first line"
+
+
+def test_markdown_cuts_whole_cases_to_fit_its_budget_and_says_where_the_rest_is() -> None:
+    from markdown_it import MarkdownIt
+
+    from detharness.report import markdown
+
+    results = [new_result("backend", f"c{i:03d}", f"c{i:03d}[u:cpu:float32:eager]", "close", "CLOSE | fine",
+                          output="y", max_ulp=i) for i in range(300)]
+    built = {**report.build(results, {}, title="t"), "html_report": "reports/r.html"}
+    whole = markdown.render(built)
+    cut = markdown.render(built, budget=20_000)
+    assert len(cut.encode()) <= 20_000 < len(whole.encode())
+    kept = cut.count("<details><summary><code>c")
+    assert 0 < kept < 300
+    assert f"_{300 - kept} more cases cut to stay under GitHub's 1 MiB job-summary limit: every result is in " \
+           "the HTML report `reports/r.html` and the JSON report._" in cut
+    assert cut.count("<details") == cut.count("</details>")
+    html = MarkdownIt("commonmark", {"html": True}).enable("table").render(cut)
+    assert html.count("<table>") == kept  # every case kept whole, its table intact
+
+
+def test_markdown_lists_a_dozen_identical_results_per_case_and_counts_the_rest() -> None:
+    same = [new_result("environment", "a/b", f"a/b[u:cpu:float32:v{i}]", "identical", "IDENTICAL", output="y")
+            for i in range(20)]
+    md = report.render(report.build(same, {}, title="t"), "md")
+    assert md.count("| identical ") == 12
+    assert "_8 more bitwise identical results (listed in the JSON report)._" in md
