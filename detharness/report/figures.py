@@ -25,8 +25,9 @@ SCATTER_WORST = 40
 HEATMAP_SIDE = 32
 #: Results that get figures in one report (the worst first); the report says how many did not.
 MAX_FIGURED = 100
-#: Statuses whose outputs are worth a plot: equal bytes or no outputs have nothing to draw.
-PLOTTED = frozenset({Status.CLOSE, Status.KNOWN, Status.DIVERGED})
+#: Statuses whose outputs are worth a plot (a mismatch of the NaN/inf pattern still has finite
+#: elements to draw): equal bytes or no outputs have nothing to draw.
+PLOTTED = frozenset({Status.CLOSE, Status.KNOWN, Status.DIVERGED, Status.MISMATCH})
 
 
 @dataclass

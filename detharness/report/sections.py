@@ -96,7 +96,7 @@ def text_failures_brief(report: Mapping[str, Any]) -> list[str]:
     if not failures:
         return []
     lines = ["", f"failures ({len(failures)}):"]
-    lines += [f"  {terminal_safe(r['status'].upper())}  {terminal_safe(_where(r))}: {_note(r, 100)}"
+    lines += [f"  {terminal_safe(r['status'].upper()):<9} {terminal_safe(_where(r))}: {_note(r, 100)}"
               for r in failures[:MAX_BRIEF]]
     if len(failures) > MAX_BRIEF:
         lines.append(f"  ... {len(failures) - MAX_BRIEF} more (-v, --format json or --report FILE.html for all)")
