@@ -265,7 +265,10 @@ def test_a_failing_implementation_gives_one_error_with_its_traceback(tmp_path: P
     assert error["message"] == "ValueError: cannot reshape array of size 6 into shape (5,)"
     assert f'File "{cases}", line 32, in _' in error["traceback"]
     assert "detharness/runner.py" not in error["traceback"]  # the harness's own frames are trimmed
-    text = run_cli("run", "--cases", str(cases), "-k", "raises")
+    # The brief text says it in one line; -v shows the traceback's last lines.
+    brief = run_cli("run", "--cases", str(cases), "-k", "raises")
+    assert "  ERROR     backend named/raises[broken:cpu:float32:eager]: ValueError: cannot reshape" in brief.stdout
+    text = run_cli("run", "--cases", str(cases), "-k", "raises", "-v")
     assert f'File "{cases}", line 32, in _' in text.stdout
 
 
