@@ -12,6 +12,14 @@ less precise dtype's. Any other pair of different dtypes (float against int, int
 bool against int) is a ``mismatch``: a silent cast would hide exactly the drift this tool is for.
 Complex outputs are compared as their real and imaginary parts, so their indices gain a last axis
 of length 2 (0 real, 1 imaginary).
+
+What the messages claim: a NaN/inf-pattern ``mismatch`` has no error figures (``max_ulp``,
+``mean_ulp``, ``p99_ulp``, ``max_abs``, ``max_rel``, ``max_scaled`` and ``min_passing`` are None:
+no distance across a NaN or an infinity means anything); its message counts the elements on which
+the patterns differ and shows the first. A float ``diverged`` whose error exceeds
+``NOT_ROUNDING_SCALED`` of the output's scale is not rounding: its message offers a
+known-divergence declaration instead of a tolerance. Integer outputs report their differences in
+units (``max_ulp`` is ``|actual - expected|``, exact over the whole int64 and uint64 range).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ ToleranceOverrides = ToleranceSpec | Mapping[str, str | Tolerance]
 # Less precise first: the default tolerance of a mixed pair is the less precise dtype's.
 _PRECISION_ORDER = ("bfloat16", "float16", "float32", "float64")
 _COMPLEX_PARTS = {"complex64": "float32", "complex128": "float64"}
+# A float error above this share of the output's scale (its largest finite |expected|) is no rounding.
+NOT_ROUNDING_SCALED = 0.01
 _NO_TOLERANCE_ACCEPTS = (
     "  No tolerance accepts a NaN against a number, or an infinity against a finite value or the opposite "
     "infinity: fix the implementation, or declare a known divergence."
@@ -344,12 +354,17 @@ def _compare_values(
     histogram = scan.histogram_buckets(table_counts, found.large_buckets)
     if found.nan_vs_number:
         histogram["nan-vs-number"] = found.nan_vs_number
-    max_ulp = (found.max_row.ulp if found.max_row is not None else 0) if valid else None
-    max_abs = found.max_abs if valid else None
-    max_rel = found.max_rel if valid else None
-    max_scaled = _scaled(found.max_abs, scale) if valid else None
+    # A NaN/inf-pattern mismatch has no error figures: a distance across a NaN or an infinity means
+    # nothing, and the finite elements' figures would read as the mismatch's own.
+    measured = bool(valid) and not found.structural
+    max_ulp = (found.max_row.ulp if found.max_row is not None else 0) if measured else None
+    max_abs = found.max_abs if measured else None
+    max_rel = found.max_rel if measured else None
+    max_scaled = _scaled(found.max_abs, scale) if measured else None
     key_bits = 8 * actual.dtype.itemsize if kind == "float" else 64
     p99, budgets = _selected_statistics(scanner, found, table_counts, valid, allowed, key_bits)
+    if not measured:
+        p99 = None
     if found.structural:
         min_passing: dict[str, int | float | None] = {"ulp": None, "rtol": None, "atol": None, "scaled": None}
     elif budgets is not None:
@@ -374,7 +389,7 @@ def _compare_values(
         total=total,
         mismatched=found.failing + found.structural,
         max_ulp=max_ulp,
-        mean_ulp=found.ulp_sum / valid if valid else None,  # int / int: correctly rounded
+        mean_ulp=found.ulp_sum / valid if measured else None,  # int / int: correctly rounded
         p99_ulp=p99,
         ulp_histogram=histogram,
         max_abs=max_abs,
@@ -390,7 +405,7 @@ def _compare_values(
         expected_dtype=expected_name,
         shape=shape,
         differing=found.bytes_differ,
-        worst_elements=[_row_json(row, shape) for row in shown],
+        worst_elements=[_row_json(row, shape, measured) for row in shown],
     )
     verdict.message = _value_message(verdict, rule, found, allowed, kind)
     return verdict
@@ -467,14 +482,15 @@ def _kth_largest(scanner: PairScanner, wanted: dict[str, tuple[scan.LargestValue
     return selected
 
 
-def _row_json(row: ElementRow, shape: tuple[int, ...]) -> dict[str, Any]:
+def _row_json(row: ElementRow, shape: tuple[int, ...], measured: bool = True) -> dict[str, Any]:
+    """One listed element; without errors (None) where the NaN/inf patterns differ."""
     return {
         "index": _index(row.position, shape),
         "expected": _scalar(row.expected),
         "actual": _scalar(row.actual),
-        "ulp": row.ulp,
-        "abs": row.abs_error,
-        "rel": row.rel_error,
+        "ulp": row.ulp if measured else None,
+        "abs": row.abs_error if measured else None,
+        "rel": row.rel_error if measured else None,
     }
 
 
@@ -497,26 +513,30 @@ def _not_equal_words(verdict: Verdict) -> str:
     return "not bitwise equal"
 
 
-def _distance_word(kind: str) -> str:
-    return "ulp" if kind == "float" else "diff"
-
-
 def _element_text(verdict: Verdict, row: dict[str, Any], kind: str) -> str:
     expected = format_value(row["expected"], _value_dtype(verdict.expected_dtype))
     actual = format_value(row["actual"], _value_dtype(verdict.dtype))
     if row["ulp"] is None:
         return f"expected {expected}, actual {actual}"
+    if kind == "integer":
+        difference = f"difference {row['ulp']} {_units(row['ulp'])}"
+        return f"expected {expected}, actual {actual} ({difference}, rel {format_error(row['rel'])})"
     return (
-        f"expected {expected}, actual {actual} ({row['ulp']} {_distance_word(kind)}, "
+        f"expected {expected}, actual {actual} ({row['ulp']} ulp, "
         f"abs {format_error(row['abs'])}, rel {format_error(row['rel'])})"
     )
 
 
+def _units(count: int | None) -> str:
+    return "unit" if count == 1 else "units"
+
+
 def _rows_table(verdict: Verdict, kind: str, with_errors: bool) -> list[str]:
+    """The listed elements; integers show their difference in units (the same as abs, exactly)."""
     expected_dtype, actual_dtype = _value_dtype(verdict.expected_dtype), _value_dtype(verdict.dtype)
     header: tuple[str, ...] = ("index", "expected", "actual")
     if with_errors:
-        header += (_distance_word(kind), "abs err", "rel err")
+        header += ("ulp", "abs err", "rel err") if kind == "float" else ("diff (units)", "rel err")
     rows = []
     for row in verdict.worst_elements:
         cells = [
@@ -525,15 +545,23 @@ def _rows_table(verdict: Verdict, kind: str, with_errors: bool) -> list[str]:
             format_value(row["actual"], actual_dtype),
         ]
         if with_errors:
-            cells += [str(row["ulp"]), format_error(row["abs"]), format_error(row["rel"])]
+            if kind == "float":
+                cells += [str(row["ulp"]), format_error(row["abs"]), format_error(row["rel"])]
+            else:
+                cells += [str(row["ulp"]), format_error(row["rel"])]
         rows.append(cells)
     return table(header, rows)
 
 
 def _statistics_line(verdict: Verdict, kind: str) -> str:
-    word = "ULP" if kind == "float" else "Integer difference"
+    if kind == "integer":
+        return (
+            f"  Difference: max {verdict.max_ulp} ({_units(verdict.max_ulp)}), mean {format_error(verdict.mean_ulp)}, "
+            f"p99 {verdict.p99_ulp}; max rel {format_error(verdict.max_rel)}, "
+            f"max scaled {format_error(verdict.max_scaled)}"
+        )
     return (
-        f"  {word}: max {verdict.max_ulp}, mean {format_error(verdict.mean_ulp)}, p99 {verdict.p99_ulp}; "
+        f"  ULP: max {verdict.max_ulp}, mean {format_error(verdict.mean_ulp)}, p99 {verdict.p99_ulp}; "
         f"max abs {format_error(verdict.max_abs)}, max rel {format_error(verdict.max_rel)}, "
         f"max scaled {format_error(verdict.max_scaled)}"
     )
@@ -577,6 +605,54 @@ def _suggestion(verdict: Verdict, rule: Tolerance, options: list[Tolerance]) -> 
     return options[0]
 
 
+def _not_rounding(verdict: Verdict, kind: str) -> float | None:
+    """The scaled error a tolerance would have to accept, where it is too large to be rounding.
+
+    That is the largest one beyond those the fraction allows (``min_passing``'s), else the largest.
+    Only float outputs are judged (an integer's difference has no rounding to compare with), and
+    only against a non-zero scale: against an all-zero reference every error is infinitely large.
+    """
+    if kind != "float":
+        return None
+    needed = verdict.min_passing.get("scaled")
+    if needed is None:
+        needed = verdict.max_scaled
+    if needed is None or not math.isfinite(needed) or needed <= NOT_ROUNDING_SCALED:
+        return None
+    return float(needed)
+
+
+def _share_of_scale(scaled: float) -> str:
+    """``37% of the output's scale``; past 1000%, ``12 times the output's scale``."""
+    percent = 100.0 * scaled
+    if percent < 1000:
+        return f"{percent:.3g}% of the output's scale"
+    return f"{scaled:.3g} times the output's scale"
+
+
+def _structural_message(verdict: Verdict, rule: Tolerance, found: Tally, kind: str) -> str:
+    total, count = verdict.total, found.structural
+    first = verdict.worst_elements[0]
+    elements = "1 element is" if count == 1 else f"{count} elements are"
+    return "\n".join(
+        [
+            headline(verdict.status, verdict.output, f"NaN/inf pattern differs: {share(count, total)} of the elements"),
+            f"  Shape: {verdict.shape}, dtype: {_describe_dtype(verdict)}",
+            f"  {elements} NaN or infinite on one side only, or infinities of opposite signs; the first at "
+            f"{format_index(first['index'])}: {_element_text(verdict, {**first, 'ulp': None}, kind)}",
+            f"  NaN against a number: {found.nan_vs_number}; "
+            f"infinity against a finite value or the opposite infinity: {count - found.nan_vs_number}",
+            f"  Differing elements ({len(verdict.worst_elements)} shown of {count}):",
+            *_rows_table(verdict, kind, with_errors=False),
+            "  No error figures (max ulp, abs, rel, scaled: null): no distance across a NaN or an infinity means "
+            "anything.",
+            f"  Other elements: {share(verdict.differing - count, total)} {_not_equal_words(verdict)}, "
+            f"{found.failing} beyond tolerance {rule}",
+            _NO_TOLERANCE_ACCEPTS,
+        ]
+    )
+
+
 def _value_message(verdict: Verdict, rule: Tolerance, found: Tally, allowed: int, kind: str) -> str:
     status, output, total = verdict.status, verdict.output, verdict.total
     if status is Status.IDENTICAL:
@@ -584,50 +660,44 @@ def _value_message(verdict: Verdict, rule: Tolerance, found: Tally, allowed: int
     differing = f"{share(verdict.differing, total)} {_not_equal_words(verdict)}"
     if status is Status.CLOSE:
         where = f" at {format_index(verdict.worst_index)}" if verdict.worst_index is not None else ""
-        text = (
-            f"Within tolerance {rule}: {differing}; max {_distance_word(kind)} {verdict.max_ulp}{where}, "
-            f"max abs {format_error(verdict.max_abs)}, max rel {format_error(verdict.max_rel)}"
-        )
+        if kind == "integer":
+            largest = f"max difference {verdict.max_ulp} ({_units(verdict.max_ulp)}){where}"
+        else:
+            largest = f"max ulp {verdict.max_ulp}{where}, max abs {format_error(verdict.max_abs)}"
+        text = f"Within tolerance {rule}: {differing}; {largest}, max rel {format_error(verdict.max_rel)}"
         if found.failing:
             text += f"; {found.failing} beyond the rule, {allowed} allowed"
         return headline(status, output, text)
-    lines: list[str] = []
     if status is Status.MISMATCH:
-        lines.append(
-            headline(status, output, f"NaN/inf pattern differs: {share(found.structural, total)} of the elements")
-        )
-        lines.append(f"  Shape: {verdict.shape}, dtype: {_describe_dtype(verdict)}")
-        lines.append(
-            f"  NaN against a number: {found.nan_vs_number}; "
-            f"infinity against a finite value or the opposite infinity: {found.structural - found.nan_vs_number}"
-        )
-        first = verdict.worst_elements[0]
-        lines.append(
-            f"  First at {format_index(first['index'])}: {_element_text(verdict, {**first, 'ulp': None}, kind)}"
-        )
-        lines.append(f"  Differing elements ({len(verdict.worst_elements)} shown of {found.structural}):")
-        lines += _rows_table(verdict, kind, with_errors=False)
-        lines.append(
-            f"  Other elements: {share(verdict.differing - found.structural, total)} {_not_equal_words(verdict)}, "
-            f"{found.failing} beyond tolerance {rule}"
-        )
-        lines.append(_NO_TOLERANCE_ACCEPTS)
-        return "\n".join(lines)
+        return _structural_message(verdict, rule, found, kind)
     # diverged
     beyond = f"{share(found.failing, total)} beyond the tolerance"
     if rule.fraction:
         beyond += f" ({allowed} allowed)"
     worst_row = verdict.worst_elements[0]
-    lines.append(headline(status, output, f"Difference exceeds tolerance {rule}"))
-    lines.append(f"  Shape: {verdict.shape}, dtype: {_describe_dtype(verdict)}")
-    lines.append(f"  Number of differences: {beyond}; {differing}")
-    lines.append(f"  Worst at {format_index(worst_row['index'])}: {_element_text(verdict, worst_row, kind)}")
-    lines.append(f"  Largest differences ({len(verdict.worst_elements)} shown of {found.failing}):")
-    lines += _rows_table(verdict, kind, with_errors=True)
-    lines.append(_statistics_line(verdict, kind))
+    lines = [
+        headline(status, output, f"Difference exceeds tolerance {rule}"),
+        f"  Shape: {verdict.shape}, dtype: {_describe_dtype(verdict)}",
+        f"  Number of differences: {beyond}; {differing}",
+        f"  Worst at {format_index(worst_row['index'])}: {_element_text(verdict, worst_row, kind)}",
+        f"  Largest differences ({len(verdict.worst_elements)} shown of {found.failing}):",
+        *_rows_table(verdict, kind, with_errors=True),
+        _statistics_line(verdict, kind),
+    ]
+    gross = _not_rounding(verdict, kind)
+    if gross is not None:
+        largest = f"beyond the {allowed} allowed, the largest error" if allowed else "the largest error"
+        lines.append(
+            f"  This is not rounding ({largest} is {_share_of_scale(gross)}): if it is expected, declare it: "
+            'c.known_divergence("<reason>", variants="<variant pattern>")'
+        )
+        return "\n".join(lines)
     options = _passing_tolerances(verdict, rule)
     suggestion = _suggestion(verdict, rule, options)
     if options and suggestion is not None:
         lines.append(f"  Smallest tolerance that passes, any one of: {', '.join(str(option) for option in options)}")
-        lines.append(f'  To accept it, use tolerance="{suggestion}"')
+        accept = f'  To accept it, use tolerance="{suggestion}"'
+        if kind == "integer" and isinstance(suggestion.rule, Ulp):
+            accept += " (on integers, ulp(n) allows a difference of up to n units)"
+        lines.append(accept)
     return "\n".join(lines)

@@ -84,7 +84,10 @@ class Verdict:
     ``2**64 - 1``, meaningless in a mean): those are counted in the ``"nan-vs-number"`` bucket of
     ``ulp_histogram``. ``p99_ulp`` is the exact 99th percentile by the nearest-rank rule: the
     smallest distance that at least 99% of elements do not exceed. On integers and bools the
-    distance is ``|actual - expected|``. ``min_passing`` gives the smallest budgets that pass on
+    distance is ``|actual - expected|`` in units, exact over the whole int64 and uint64 range (not
+    an ordinal distance). A NaN/inf-pattern ``mismatch`` has no error figures: ``max_ulp``,
+    ``mean_ulp``, ``p99_ulp``, ``max_abs``, ``max_rel``, ``max_scaled`` and the listed elements'
+    errors are None (null in JSON), never 0. ``min_passing`` gives the smallest budgets that pass on
     their own, ``{"ulp", "rtol" (atol 0), "atol" (rtol 0), "scaled"}``, counting the elements the
     tolerance's fraction allows to miss; all None where nothing passes (a structural mismatch).
     They are the observed errors themselves: ``close(rtol, 0)`` with exactly that rtol can still

@@ -131,17 +131,19 @@ def brute_force(expected: np.ndarray, actual: np.ndarray, tolerance: Tolerance) 
         status = Status.IDENTICAL
     else:
         status = Status.CLOSE if failing.sum() <= allowed else Status.DIVERGED
+    # A NaN/inf-pattern mismatch has no error figures at all (null, not the finite elements' own).
+    measured = count and not structural.any()
     return {
         "status": status,
         "total": total,
         "mismatched": int(failing.sum() + structural.sum()),
-        "max_ulp": max(distances) if count else None,
-        "mean_ulp": float(Fraction(sum(distances), count)) if count else None,
-        "p99_ulp": p99,
+        "max_ulp": max(distances) if measured else None,
+        "mean_ulp": float(Fraction(sum(distances), count)) if measured else None,
+        "p99_ulp": p99 if measured else None,
         "ulp_histogram": buckets,
-        "max_abs": max_abs,
-        "max_rel": max(valid_rel) if count else None,
-        "max_scaled": to_scale(max_abs) if count else None,
+        "max_abs": max_abs if measured else None,
+        "max_rel": max(valid_rel) if measured else None,
+        "max_scaled": to_scale(max_abs) if measured else None,
         "first_mismatch": int(bad[0]) if bad.size else None,
         "worst": worst,
         "min_passing": min_passing,
@@ -443,14 +445,17 @@ def test_nan_and_inf_pattern_mismatch_whatever_the_budget() -> None:
     assert verdict.message == (
         "MISMATCH | Output: 'y' | NaN/inf pattern differs: 4 / 40 (10%) of the elements\n"
         "  Shape: (4, 10), dtype: float32\n"
+        "  4 elements are NaN or infinite on one side only, or infinities of opposite signs; "
+        "the first at [0, 3]: expected 0.5, actual nan\n"
         "  NaN against a number: 1; infinity against a finite value or the opposite infinity: 3\n"
-        "  First at [0, 3]: expected 0.5, actual nan\n"
         "  Differing elements (4 shown of 4):\n"
         "    index   expected  actual\n"
         "    [0, 3]  0.5       nan\n"
         "    [1, 1]  inf       1.5\n"
         "    [2, 2]  2.875     -inf\n"
         "    [3, 0]  inf       -inf\n"
+        "  No error figures (max ulp, abs, rel, scaled: null): no distance across a NaN or an infinity means "
+        "anything.\n"
         "  Other elements: 1 / 40 (2.5%) not bitwise equal, 0 beyond tolerance ulp(0) | close(1, 1e30) @ 0.5\n"
         "  No tolerance accepts a NaN against a number, or an infinity against a finite value or the opposite "
         "infinity: fix the implementation, or declare a known divergence."
@@ -468,6 +473,10 @@ def test_nan_and_inf_pattern_mismatch_whatever_the_budget() -> None:
         "nan-vs-number": 1,
     }
     assert verdict.min_passing == {"ulp": None, "rtol": None, "atol": None, "scaled": None}
+    # No error figures: not 0, not the finite elements' figures (the 1-ULP one, the inf - 1.5 one).
+    figures = ("max_ulp", "mean_ulp", "p99_ulp", "max_abs", "max_rel", "max_scaled")
+    assert [getattr(verdict, name) for name in figures] == [None] * 6
+    assert all((row["ulp"], row["abs"], row["rel"]) == (None, None, None) for row in verdict.worst_elements)
 
 
 @pytest.mark.parametrize(
@@ -485,7 +494,11 @@ def test_each_pattern_difference_is_a_mismatch(expected: float, actual: float, k
         np.array([expected, 2.0], np.float32), np.array([actual, 2.0], np.float32), "close(1e30, 1e30) @ 1"
     )
     assert verdict.status is Status.MISMATCH
-    counts = verdict.message.splitlines()[2]
+    assert verdict.message.splitlines()[2] == (
+        "  1 element is NaN or infinite on one side only, or infinities of opposite signs; "
+        f"the first at [0]: expected {np.float32(expected)!s}, actual {np.float32(actual)!s}"
+    )
+    counts = verdict.message.splitlines()[3]
     assert counts == (
         "  NaN against a number: 1; infinity against a finite value or the opposite infinity: 0"
         if kind == "nan"
@@ -588,13 +601,13 @@ def test_integer_message() -> None:
         "DIVERGED | Difference exceeds tolerance exact\n"
         "  Shape: (10,), dtype: int64\n"
         "  Number of differences: 1 / 10 (10%) beyond the tolerance; 1 / 10 (10%) not bitwise equal\n"
-        "  Worst at [3]: expected 3, actual 100 (97 diff, abs 97, rel 32.3)\n"
+        "  Worst at [3]: expected 3, actual 100 (difference 97 units, rel 32.3)\n"
         "  Largest differences (1 shown of 1):\n"
-        "    index  expected  actual  diff  abs err  rel err\n"
-        "    [3]    3         100     97    97       32.3\n"
-        "  Integer difference: max 97, mean 9.7, p99 97; max abs 97, max rel 32.3, max scaled 10.8\n"
+        "    index  expected  actual  diff (units)  rel err\n"
+        "    [3]    3         100     97            32.3\n"
+        "  Difference: max 97 (units), mean 9.7, p99 97; max rel 32.3, max scaled 10.8\n"
         "  Smallest tolerance that passes, any one of: ulp(97), close(33, 0), close(0, 97), scaled(11)\n"
-        '  To accept it, use tolerance="ulp(97)"'
+        '  To accept it, use tolerance="ulp(97)" (on integers, ulp(n) allows a difference of up to n units)'
     )
     assert verdict.worst_expected == 3 and type(verdict.worst_expected) is int
 
