@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The compare job: every downloaded bundle against the baseline job's, N-way, with attribution.
 #   DH_BASELINE  job name of the baseline (default cpu-x86_64); the first bundle if it is absent
-#   DH_FAIL_ON   statuses that fail the job (default: detharness compare's own, diverged,mismatch,error)
+#   DH_FAIL_ON   statuses that fail the job (default: detharness compare's own, flipped,diverged,mismatch,error)
 # Bundles are in bundles/bundle-<job>/ (one folder per artifact). Writes reports/compare.md, .json,
 # .html (one self-contained page; needs the html extra, jinja2) and .xml (JUnit), all uploaded as the
 # determinism-report artifact (on main the publish job puts the .html on GitHub Pages), and the

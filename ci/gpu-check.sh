@@ -131,12 +131,12 @@ device = [r for r in report["results"] if r["check"] == "device"]
 print(f"device check (CUDA against CPU): {len(device)} outputs")
 for r in device:
     print(f"  {r['status']:9} {r['variant']} {r['output'] or ''} max_ulp={r.get('max_ulp')} max_abs={r.get('max_abs')}")
-bad = [r for r in report["results"] if r["status"] in ("diverged", "mismatch", "error") and r["check"] != "device"]
+bad = [r for r in report["results"] if r["status"] in ("flipped", "diverged", "mismatch", "error") and r["check"] != "device"]
 for r in bad[:40]:
     print(f"  {r['status']:9} {r['check']:8} {r['variant']} {(r['message'] or '').splitlines()[0][:120]}")
 if len(bad) > 40:
     print(f"  ... {len(bad) - 40} more in report.json")
-on_gpu = [r for r in report["results"] if ":cuda:" in (r["variant"] or "") and r["status"] in ("diverged", "mismatch", "error")]
+on_gpu = [r for r in report["results"] if ":cuda:" in (r["variant"] or "") and r["status"] in ("flipped", "diverged", "mismatch", "error")]
 print(f"CUDA variants that failed: {len(on_gpu)}")
 sys.exit(3 if on_gpu else 0)
 PY

@@ -38,7 +38,7 @@ from detharness.results import Outcome, Result, worst
 
 # Statuses that mean "not the baseline's bits" and "the baseline's bits"; the rest (error, skipped,
 # missing) leave an environment out of the separation for that output.
-DIFFERS: frozenset[Status] = frozenset({Status.CLOSE, Status.KNOWN, Status.DIVERGED, Status.MISMATCH})
+DIFFERS: frozenset[Status] = frozenset({Status.CLOSE, Status.KNOWN, Status.FLIPPED, Status.DIVERGED, Status.MISMATCH})
 AGREES: frozenset[Status] = frozenset({Status.IDENTICAL})
 NOT_COMPARED: frozenset[Status] = frozenset({Status.SKIPPED, Status.MISSING})
 

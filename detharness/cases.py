@@ -255,8 +255,50 @@ def parse_variant_id(text: str) -> tuple[str, str, str, str, str]:
     return case_id, parts[0], parts[1], parts[2], parts[3]
 
 
+#: How the accuracy against a float64 oracle is measured unless a case says otherwise: the RMS
+#: error, and a ratio within 2x either way read as rounding noise (torch._dynamo's fp64_ref test).
+DEFAULT_ACCURACY: dict[str, Any] = {"metric": "rms", "factor": 2.0}
+
+
+def _decisions(case_id: str, decisions: Mapping[str, str] | None) -> dict[str, str]:
+    """``{"logits": "argmax @ 1%"}`` checked and in canonical form; a bad rule fails at definition."""
+    from detharness.compare.decision import Decision
+
+    if decisions is None:
+        return {}
+    if not isinstance(decisions, Mapping):
+        raise CaseError(f"case {case_id}: decisions must map output names to rules, e.g. {{'logits': 'argmax'}}")
+    def canonical(output: str, rule: str) -> str:
+        try:
+            return str(Decision.parse(rule))
+        except (ValueError, TypeError) as exc:
+            raise CaseError(f"case {case_id}: decision for output {output!r}: {exc}") from None
+
+    return {str(output): canonical(str(output), rule) for output, rule in decisions.items()}
+
+
+def _accuracy_options(case_id: str, accuracy: Mapping[str, Any] | None) -> dict[str, Any]:
+    options = dict(DEFAULT_ACCURACY)
+    for key, value in (accuracy or {}).items():
+        if key == "metric" and value in ("rms", "max_scaled"):
+            options["metric"] = value
+        elif key == "factor" and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 1:
+            options["factor"] = float(value)
+        else:
+            raise CaseError(f"case {case_id}: accuracy option {key}={value!r}: use metric='rms' or 'max_scaled' "
+                            "and a factor over 1")
+    return options
+
+
 class Case:
-    """A registered case. Created with :func:`case`; implementations are added with :meth:`impl`."""
+    """A registered case. Created with :func:`case`; implementations are added with :meth:`impl`.
+
+    ``decisions`` maps an output (logits, scores) to the decision a consumer takes from it:
+    ``argmax``, ``topk(K)``, ``threshold(T)`` or ``sign``, optionally with a flip budget, ``"argmax @
+    1%"``; a comparison whose values pass but whose decisions flip past the budget is ``flipped``.
+    ``accuracy`` sets how the error against the float64 oracle is read: ``{"metric": "rms" |
+    "max_scaled", "factor": 2.0}``.
+    """
 
     def __init__(
         self,
@@ -274,11 +316,15 @@ class Case:
         location: str = "",
         fingerprint_extra: str = "",
         kind: str = "compute",
+        decisions: Mapping[str, str] | None = None,
+        accuracy: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(id, str) or not _CASE_ID.match(id):
             raise CaseError(f"bad case id {id!r}: use slash-separated names of letters, digits, '_', '-', '.', '+'")
         if kind not in CASE_KINDS:
             raise CaseError(f"case {id}: kind {kind!r} is not one of {', '.join(CASE_KINDS)}")
+        self.decisions = _decisions(id, decisions)
+        self.accuracy = _accuracy_options(id, accuracy)
         self.id = id
         self.kind = kind
         self.inputs_factory = inputs
@@ -472,6 +518,10 @@ class Case:
         # Only when set, so that the fingerprints of cases without them stay what they were.
         if self.kind != "compute":
             parts["kind"] = self.kind
+        if self.decisions:
+            parts["decisions"] = self.decisions
+        if self.accuracy != DEFAULT_ACCURACY:
+            parts["accuracy"] = self.accuracy
         if self.roundtrips:
             parts["roundtrips"] = [[i, list(f), d, v] for i, f, d, v in self.roundtrips]
             parts["roundtrip_formats"] = sorted(f.fingerprint() for f in self.roundtrip_formats.values())
@@ -487,6 +537,8 @@ class Case:
             "description": self.description,
             "location": self.location,
             "tolerance": self.tolerance,
+            "decisions": self.decisions,
+            "accuracy": self.accuracy,
             "reference": ref.name if ref else ("stored outputs" if self.reference_outputs is not None else None),
             "implementations": [
                 {"name": i.name, "backend": i.backend, "dtypes": list(i.dtypes), "devices": list(i.devices),

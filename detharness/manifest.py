@@ -344,6 +344,8 @@ OPTIONAL_NAME = string(nullable=True)
 TEXT = string(MAX_TEXT)
 OPTIONAL_TEXT = string(MAX_TEXT, nullable=True)
 COUNT = integer(0, nullable=True)
+#: A distance in ULP or integer units: up to 2**64 - 1 (int64's extremes, a float64 sign flip).
+DISTANCE = integer(0, 2**64 - 1, nullable=True)
 OPTIONAL_MAPPING = mapping(json_value(), "JSON values", nullable=True)
 STATUS = one_of(tuple(s.value for s in Status))
 
@@ -359,6 +361,7 @@ CASE = record(
         "reference_variant": OPTIONAL_NAME, "kind": NAME, "inputs": ARRAYS, "params": ARRAYS,
         "reference_outputs": mapping(array_ref, "array ref", nullable=True), "inputs_digest": NAME,
         "known": sequence(KNOWN_DIVERGENCE, "known divergences"),
+        "decisions": mapping(NAME, "str", nullable=True), "accuracy": OPTIONAL_MAPPING,
     },
     required=("fingerprint",), what="a case (a mapping)",
 )
@@ -432,7 +435,7 @@ RESULT = record(
     {
         "check": NAME, "case": NAME, "variant": NAME, "status": STATUS, "message": TEXT,
         "output": OPTIONAL_NAME, "baseline": OPTIONAL_NAME, "candidate": OPTIONAL_NAME, "tolerance": OPTIONAL_NAME,
-        "total": COUNT, "mismatched": COUNT, "max_ulp": COUNT, "mean_ulp": _STAT, "p99_ulp": COUNT,
+        "total": COUNT, "mismatched": COUNT, "max_ulp": DISTANCE, "mean_ulp": _STAT, "p99_ulp": DISTANCE,
         "ulp_histogram": mapping(integer(0), "non-negative integers", nullable=True, key_limit=64),
         "max_abs": _STAT, "max_rel": _STAT, "max_scaled": _STAT,
         "first_mismatch_index": _INDEX, "worst_index": _INDEX,

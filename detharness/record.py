@@ -58,6 +58,10 @@ class CaseRecord:
     location: str = ""
     inputs_digest: str = ""
     kind: str = "compute"  # "rng": its variants' outputs are seeded streams (see cases.CASE_KINDS)
+    #: Output name -> the decision rule consumers take from it (see cases.Case).
+    decisions: dict[str, str] = field(default_factory=dict)
+    #: How the accuracy against the float64 oracle is read: metric and factor.
+    accuracy: dict[str, Any] = field(default_factory=dict)
 
     def known_for(self, variant: str, check: str, environment: Mapping[str, Any],
                   baseline: str | None = None) -> KnownDivergence | None:
@@ -164,6 +168,10 @@ def case_manifest(c: CaseRecord, put: Callable[[np.ndarray], dict[str, Any]]) ->
         "inputs_digest": c.inputs_digest,
         "known": [k.to_json() for k in c.known],
     }
+    if c.decisions:
+        entry["decisions"] = c.decisions
+    if c.accuracy:
+        entry["accuracy"] = c.accuracy
     if c.reference_outputs is not None:
         entry["reference_outputs"] = {n: put(a) for n, a in c.reference_outputs.items()}
     return entry
@@ -220,7 +228,8 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
                 reference_outputs=LazyArrays(c["reference_outputs"], read) if c.get("reference_outputs") is not None
                 else None,
                 known=[KnownDivergence.from_json(k) for k in c.get("known", [])], inputs_digest=c.get("inputs_digest", ""),
-                kind=c.get("kind", "compute"),
+                kind=c.get("kind", "compute"), decisions=dict(c.get("decisions") or {}),
+                accuracy=dict(c.get("accuracy") or {}),
             )
             for cid, c in manifest["cases"].items()
         }

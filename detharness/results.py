@@ -24,15 +24,18 @@ import numpy as np
 from detharness._io import to_jsonable
 from detharness.compare import Status, worst
 
-__all__ = ["DEFAULT_FAIL_ON", "FIELDS", "QUIET", "STATUSES", "Hello", "Outcome", "Reply", "Result", "Status", "Task",
+__all__ = ["COVERABLE", "DEFAULT_FAIL_ON", "FIELDS", "QUIET", "STATUSES", "Hello", "Outcome", "Reply", "Result", "Status", "Task",
            "VariantLog", "failed", "parse_statuses", "summarize", "worst"]
 
 #: Every status, best first: the order of :class:`Status` is the severity order.
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 #: Statuses that make ``run``, ``compare`` and ``matrix`` exit 1 unless ``--fail-on`` says otherwise.
-DEFAULT_FAIL_ON: tuple[Status, ...] = (Status.DIVERGED, Status.MISMATCH, Status.ERROR)
+DEFAULT_FAIL_ON: tuple[Status, ...] = (Status.FLIPPED, Status.DIVERGED, Status.MISMATCH, Status.ERROR)
 #: Statuses a reader need not look into: no failure details, no reproduce line.
 QUIET: frozenset[Status] = frozenset({Status.IDENTICAL, Status.CLOSE, Status.KNOWN, Status.SKIPPED, Status.MISSING})
+#: Statuses of outputs that differ beyond what the case accepts, which a declared known divergence
+#: can cover (an error or a missing output it cannot).
+COVERABLE: frozenset[Status] = frozenset({Status.FLIPPED, Status.DIVERGED, Status.MISMATCH})
 
 
 def summarize(results: Iterable[Result]) -> dict[str, int]:

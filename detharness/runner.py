@@ -113,6 +113,7 @@ def case_record(c: Case, inputs: dict[str, np.ndarray], params: dict[str, np.nda
         reference=ref.impl.name if ref else ("stored" if c.reference_outputs is not None else None),
         reference_variant=ref.id if ref else None, reference_outputs=c.reference_outputs, known=list(c.known),
         location=c.location, inputs_digest=digest_arrays({**inputs, **{f"param:{k}": v for k, v in params.items()}}),
+        decisions=dict(c.decisions), accuracy=dict(c.accuracy),
     )
 
 

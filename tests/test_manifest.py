@@ -197,9 +197,9 @@ C = "cases['small/x']"
                                                 "null, got list"),
         ("verdicts", {}, "verdicts: expected a list of results, got dict"),
         ("verdicts|0|status", "fine", "verdicts[0].status: expected one of identical, close, known, skipped, missing, "
-                                      "diverged, mismatch, error, got 'fine'"),
+                                      "flipped, diverged, mismatch, error, got 'fine'"),
         ("verdicts|0|env_diff", [], "verdicts[0].env_diff: expected a mapping of str to JSON values or null, got list"),
-        ("verdicts|0|max_ulp", 2**64, f"verdicts[0].max_ulp: {2**64} is out of range (0 to {2**63 - 1})"),
+        ("verdicts|0|max_ulp", 2**64, f"verdicts[0].max_ulp: {2**64} is out of range (0 to {2**64 - 1})"),
         ("verdicts|0|mean_ulp", "lots", "verdicts[0].mean_ulp: expected a number or null, got str"),
         ("version", 2, "version: expected a string, got int"),
     ],

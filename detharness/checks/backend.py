@@ -7,26 +7,44 @@ from typing import TYPE_CHECKING, ClassVar
 
 from detharness.checks.base import (
     Plan,
-    apply_known,
+    float64_reference,
+    judged,
     not_ok,
     reference_failed,
     reproduce_run,
     selected,
     tolerance_map,
-    verdict_results,
 )
+from detharness.checks.measures import Oracle
 from detharness.compare import compare
+from detharness.dtypes import FLOAT_DTYPES
 from detharness.results import Outcome, Result
 from detharness.roundtrip import is_roundtrip_mode
 
 if TYPE_CHECKING:
     from detharness.cases import Variant
-    from detharness.record import RunRecord
+    from detharness.record import CaseRecord, RunRecord, VariantRecord
 
 
 def judges(kind: str, mode: str) -> bool:
     """Computations are judged against a reference; rng streams and round trips are not."""
     return kind == "compute" and not is_roundtrip_mode(mode)
+
+
+def _oracle(record: RunRecord, case: CaseRecord, v: VariantRecord) -> Oracle | None:
+    """The float64 reference is the oracle; the baseline of the accuracy is the reference
+    implementation at the candidate's dtype (the same formula at that precision: the best it gives),
+    where the case declares it (``dtypes=("float64", "float32")``) and it ran."""
+    ref = float64_reference(record, case)
+    if ref is None or v.dtype not in FLOAT_DTYPES:
+        return None
+    same = next((w for w in record.variants.values() if w.case == v.case and w.impl == ref.impl and w.id != ref.id
+                 and w.dtype == v.dtype and w.device == ref.device and w.mode == ref.mode and w.status == Outcome.OK),
+                None)
+    if same is not None and same.id == v.id:
+        return None  # the reference implementation at this dtype is the baseline itself
+    return Oracle(ref.id, ref.outputs, same.outputs if same is not None else None,
+                  same.id if same is not None else f"{ref.impl} at {v.dtype}")
 
 
 class BackendCheck:
@@ -70,7 +88,7 @@ class BackendCheck:
                 results.append(not_ok(self.name, v, ref_id, reproduce))
                 continue
             verdict = compare(dict(expected), dict(v.outputs), tolerance=tolerance_map(v))
-            results += [apply_known(result, case, record.environment)
-                        for result in verdict_results(self.name, v.case, v.id, verdict, baseline=ref_id,
-                                                      candidate=v.id, reproduce=reproduce)]
+            results += judged(self.name, v.case, case, v.id, verdict, expected, v.outputs, baseline=ref_id,
+                              candidate=v.id, reproduce=reproduce, environment=record.environment,
+                              oracle=_oracle(record, case, v))
         return results

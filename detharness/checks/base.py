@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from detharness.cases import shell_path
 from detharness.compare import Status, Verdict
-from detharness.results import FIELDS, Outcome, Result
+from detharness.dtypes import FLOAT_DTYPES
+from detharness.results import COVERABLE, FIELDS, Outcome, Result
 
 if TYPE_CHECKING:
     from detharness.cases import Variant
+    from detharness.checks.measures import Oracle
     from detharness.record import CaseRecord, RunRecord, VariantRecord
 
 
@@ -82,6 +84,48 @@ def verdict_results(check: str, case: str, variant: str, verdict: Verdict, *, ba
     return results
 
 
+def judged(check: str, case_id: str, case: CaseRecord | None, variant: str, verdict: Verdict,
+           expected: Mapping[str, Any],
+           actual: Mapping[str, Any], *, baseline: str | None, candidate: str | None, reproduce: str | None,
+           environment: Mapping[str, Any], env_diff: Mapping[str, Any] | None = None,
+           oracle: Oracle | None = None) -> list[Result]:
+    """The results of a verdict between ``expected`` and ``actual``, with what the arrays say
+    beyond it (decisions, shift, accuracy: :mod:`detharness.checks.measures`), then the case's
+    known divergences applied (a declaration can cover a ``flipped`` result too)."""
+    from detharness.checks.measures import annotate
+
+    return [apply_known(annotate(result, case, expected, actual, oracle=oracle, reproduce=reproduce),
+                        case, environment)
+            for result in verdict_results(check, case_id, variant, verdict, baseline=baseline, candidate=candidate,
+                                          reproduce=reproduce, env_diff=env_diff)]
+
+
+def float64_reference(record: RunRecord, case: CaseRecord | None) -> VariantRecord | None:
+    """The case's float64 variant of its reference implementation on the CPU, whatever the order of
+    the reference's dtypes, where it ran; None otherwise."""
+    if case is None or case.reference_variant is None:
+        return None
+    ref = record.variants.get(case.reference_variant)
+    if ref is None:
+        return None
+    if ref.dtype != "float64":
+        ref = next((v for v in record.variants.values() if v.case == case.id and v.impl == ref.impl
+                    and v.dtype == "float64" and v.device == ref.device and v.mode == ref.mode), None)
+    return ref if ref is not None and ref.status == Outcome.OK else None
+
+
+def oracle_for(record: RunRecord, case: CaseRecord | None, dtype: str, *, baseline: Mapping[str, Any] | None,
+               baseline_name: str) -> Oracle | None:
+    """The case's float64 reference in ``record`` as the oracle of a comparison whose baseline side
+    gave ``baseline``; None where the case has no float64 reference that ran."""
+    from detharness.checks.measures import Oracle
+
+    ref = float64_reference(record, case)
+    if ref is None or dtype not in FLOAT_DTYPES:
+        return None
+    return Oracle(ref.id, ref.outputs, baseline, baseline_name)
+
+
 def apply_known(result: Result, case: CaseRecord | None, environment: Mapping[str, Any]) -> Result:
     """A failing result covered by a declared known divergence becomes ``known``; a passing one
     that a declared divergence covers is flagged stale."""
@@ -90,7 +134,7 @@ def apply_known(result: Result, case: CaseRecord | None, environment: Mapping[st
     known = case.known_for(result.variant, result.check, environment, result.baseline)
     if known is None:
         return _not_covered(result, case, environment)
-    if result.status in (Status.DIVERGED, Status.MISMATCH):
+    if result.status in COVERABLE:
         return result.replace(status=Status.KNOWN, underlying_status=result.status, known_reason=known.reason,
                               message=f"known divergence ({known.reason}); underlying: {result.status}\n"
                                       f"{result.message}")
@@ -103,7 +147,7 @@ def apply_known(result: Result, case: CaseRecord | None, environment: Mapping[st
 def _not_covered(result: Result, case: CaseRecord, environment: Mapping[str, Any]) -> Result:
     """A failing result no declaration covers, in a case that declares some: say first which
     declaration came closest and which of its conditions does not hold here."""
-    if result.status not in (Status.DIVERGED, Status.MISMATCH) or not case.known:
+    if result.status not in COVERABLE or not case.known:
         return result
     unmet = [(found, index, k) for index, k in enumerate(case.known)
              if (found := k.unmet(result.variant, result.check, environment, result.baseline)) is not None]

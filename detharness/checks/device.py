@@ -9,14 +9,14 @@ from detharness.cases import Variant, variant_id
 from detharness.checks.backend import judges
 from detharness.checks.base import (
     Plan,
-    apply_known,
     case_kind,
+    judged,
     not_ok,
+    oracle_for,
     reference_failed,
     reproduce_run,
     selected,
     tolerance_map,
-    verdict_results,
 )
 from detharness.compare import compare
 from detharness.results import Outcome, Result
@@ -65,7 +65,9 @@ class DeviceCheck:
             if v.status != Outcome.OK or cpu is None or cpu.status != Outcome.OK:
                 continue  # nothing was compared, and nothing failed
             verdict = compare(dict(cpu.outputs), dict(v.outputs), tolerance=tolerance_map(v))
-            results += [apply_known(result, record.cases.get(v.case), record.environment)
-                        for result in verdict_results(self.name, v.case, v.id, verdict, baseline=cpu.id,
-                                                      candidate=v.id, reproduce=reproduce)]
+            case = record.cases.get(v.case)
+            # Who is wrong: both devices against the case's float64 reference (the CPU as baseline).
+            oracle = oracle_for(record, case, v.dtype, baseline=cpu.outputs, baseline_name=cpu.id)
+            results += judged(self.name, v.case, case, v.id, verdict, cpu.outputs, v.outputs, baseline=cpu.id,
+                              candidate=v.id, reproduce=reproduce, environment=record.environment, oracle=oracle)
         return results

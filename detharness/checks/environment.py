@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from detharness import environment as env_mod
 from detharness.cases import parse_variant_id, shell_path, variant_id, variant_keywords
-from detharness.checks.base import Plan, apply_known, case_options, new_result, tolerance_map, verdict_results
+from detharness.checks.base import Plan, case_options, judged, new_result, oracle_for, tolerance_map
 from detharness.checks.rng import stream_results
 from detharness.compare import Status, compare
 from detharness.results import Outcome, Result
@@ -126,9 +126,11 @@ def environment_check(baseline: RunRecord, candidate: RunRecord, *, match_device
                                       environment=candidate.environment, env_diff=this_diff)
             continue
         verdict = compare(dict(b.outputs), dict(c.outputs), tolerance=tolerance_map(c))
-        for result in verdict_results("environment", c.case, vid, verdict, reproduce=reproduce,
-                                      baseline=base_side, candidate=cand_side, env_diff=this_diff):
-            results.append(apply_known(result, case_c, candidate.environment))
+        # Who is wrong: both bundles' outputs against the baseline bundle's float64 reference.
+        oracle = oracle_for(baseline, case_b, c.dtype, baseline=b.outputs, baseline_name=base_side or b.id)
+        results += judged("environment", c.case, case_c if case_c is not None else case_b, vid, verdict, b.outputs,
+                          c.outputs, baseline=base_side, candidate=cand_side, reproduce=reproduce,
+                          environment=candidate.environment, env_diff=this_diff, oracle=oracle)
     return results
 
 

@@ -41,6 +41,7 @@ class Status(str, enum.Enum):
     KNOWN = "known"  # a declared known divergence that still holds
     SKIPPED = "skipped"  # not runnable here, with the reason
     MISSING = "missing"  # in one side only
+    FLIPPED = "flipped"  # within tolerance, but a declared decision (argmax, top-k, ...) flips past its budget
     DIVERGED = "diverged"  # beyond tolerance
     MISMATCH = "mismatch"  # names, dtype, shape, the NaN/inf pattern, or the inputs differ
     ERROR = "error"  # raised, timed out or crashed
@@ -53,7 +54,7 @@ class Status(str, enum.Enum):
 
     @property
     def severity(self) -> int:
-        """Rank from 0 (identical) to 7 (error): the worse the status, the higher."""
+        """Rank from 0 (identical) to 8 (error): the worse the status, the higher."""
         return _SEVERITY[self]
 
     @property

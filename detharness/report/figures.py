@@ -27,7 +27,7 @@ HEATMAP_SIDE = 32
 MAX_FIGURED = 100
 #: Statuses whose outputs are worth a plot (a mismatch of the NaN/inf pattern still has finite
 #: elements to draw): equal bytes or no outputs have nothing to draw.
-PLOTTED = frozenset({Status.CLOSE, Status.KNOWN, Status.DIVERGED, Status.MISMATCH})
+PLOTTED = frozenset({Status.CLOSE, Status.KNOWN, Status.FLIPPED, Status.DIVERGED, Status.MISMATCH})
 
 
 @dataclass

@@ -13,9 +13,9 @@ from detharness.compare.verdict import format_value, headline, round_up, share, 
 
 
 def test_statuses_are_strings_in_order_of_severity() -> None:
-    order = ["identical", "close", "known", "skipped", "missing", "diverged", "mismatch", "error"]
+    order = ["identical", "close", "known", "skipped", "missing", "flipped", "diverged", "mismatch", "error"]
     assert [status.value for status in Status] == order
-    assert [status.severity for status in Status] == list(range(8))
+    assert [status.severity for status in Status] == list(range(9))
     assert Status.CLOSE == "close"
     assert str(Status.DIVERGED) == "diverged"
     assert f"{Status.ERROR}" == "error"
