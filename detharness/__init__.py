@@ -2,7 +2,8 @@
 devices, library versions and serialization round trips.
 
 What a user imports is here: the case API (``case``, ``include``, ``Context``,
-``roundtrip_modes``, ``UnsupportedVariant``, ``register_backend``), the comparators (``compare``,
+``roundtrip_modes``, ``UnsupportedVariant``, ``register_backend``, ``from_file`` for tolerances
+written by ``detharness tolerances --write``), the comparators (``compare``,
 ``ulp_distance``, ``Tolerance``) and the results they give (``Status``, ``Verdict``, ``Result``).
 """
 
@@ -16,6 +17,7 @@ from detharness.cases import Case, Context, KnownDivergence, Registry, case, inc
 from detharness.compare import Status, Tolerance, Verdict, compare, ulp_distance
 from detharness.results import Outcome, Result
 from detharness.roundtrip import roundtrip_modes
+from detharness.tolerances import from_file
 
 __all__ = [
     "Backend",
@@ -32,6 +34,7 @@ __all__ = [
     "__version__",
     "case",
     "compare",
+    "from_file",
     "include",
     "register_backend",
     "roundtrip_modes",

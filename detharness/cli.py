@@ -1,4 +1,4 @@
-"""The ``detharness`` command: list, env, run, compare, report, matrix.
+"""The ``detharness`` command: list, env, run, compare, report, tolerances, matrix.
 
 Exit codes: 0 nothing in ``--fail-on`` happened; 1 something did; 2 bad usage or unusable input
 (one line on stderr, no traceback); 3 an internal error (a bug in detharness); 130 interrupted
@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-pairs", action="store_true",
                    help="Also count the outputs that differ bitwise between every two bundles (from stored hashes)")
     _add_output(p)
+
+    p = sub.add_parser("tolerances", help="From the results of stored bundles: the smallest tolerance each "
+                                          "case, output and dtype needs, what it declares, and the slack")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
+    p.add_argument("--margin", type=float, default=2.0, metavar="K",
+                   help="Suggest needed x K (default: %(default)s); never looser than what a case declares")
+    p.add_argument("--format", choices=("text", "md", "json"), default="text", help="Format of what goes to stdout")
+    p.add_argument("--write", metavar="FILE",
+                   help="Write the suggestions as JSON a case loads with tolerance=from_file(FILE, CASE_ID)")
 
     p = sub.add_parser("report", help="Render stored bundles without rerunning: one bundle its run, two or more "
                                       "what compare of them gives")
@@ -353,6 +362,25 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
 
 
+def cmd_tolerances(args: argparse.Namespace, out: TextIO) -> int:
+    """The tolerances the evidence needs against those declared: nothing is edited, a case opts in
+    by loading the written file."""
+    from detharness import record as record_mod
+    from detharness import tolerances
+
+    if not args.margin >= 1:
+        raise UsageError(f"--margin {args.margin}: use a factor of 1 or more (the suggestion is needed x K)")
+    records = [record_mod.load(path) for path in args.bundles]
+    out.write(tolerances.main_table(records, margin=args.margin, fmt=args.format).rstrip("\n") + "\n")
+    if args.write:
+        suggestions = tolerances.suggest(tolerances.needed(records), margin=args.margin)
+        tolerances.write(args.write, suggestions)
+        if args.format != "json":
+            out.write(f"wrote {display_path(args.write)}: load it with "
+                      f"case(..., tolerance=from_file({display_path(args.write)!r}, CASE_ID))\n")
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     """One bundle: its stored verdicts, as the run that wrote it reported them. Two or more: what
     ``compare`` of them reports. Nothing reruns; the HTML report draws its plots from the bundles."""
@@ -403,7 +431,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
 
 
 COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare, "report": cmd_report,
-            "matrix": cmd_matrix}
+            "tolerances": cmd_tolerances, "matrix": cmd_matrix}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
