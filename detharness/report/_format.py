@@ -49,6 +49,81 @@ def env_diff_text(diff: Mapping[str, Any] | None, limit: int = 4) -> str:
     return "; ".join(items)
 
 
+def _float(value: Any) -> float | None:
+    """A stored number (non-finite ones are the strings "inf", "nan") as a float; None, or anything a
+    foreign bundle put there that is not a number, is None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _side(name: str | None) -> str:
+    """``models/mlp[torch:cpu:float32:eager]`` -> ``torch:cpu:float32:eager``: the case is said once."""
+    text = name or "?"
+    return text[text.index("[") + 1:-1] if "[" in text and text.endswith("]") else text
+
+
+def accuracy_line(r: Mapping[str, Any]) -> str | None:
+    acc = r.get("accuracy")
+    if not acc:
+        return None
+    from detharness.compare.accuracy import reading_text
+
+    floats = {**acc, **{k: _float(acc.get(k)) for k in ("candidate_error", "baseline_error", "ratio")}}
+    cand, base = _side(r.get("variant")), _side(acc.get("baseline"))
+    if floats.get("reading") is None:
+        if floats.get("candidate_error") is None:
+            return None
+        return (f"{cand} is {floats['candidate_error']:.3g} from float64 ({acc.get('metric', 'rms')}); no baseline "
+                "at its dtype to compare with (declare the reference's dtypes=(\"float64\", DTYPE))")
+    return reading_text(floats, cand, base)
+
+
+def decision_line(r: Mapping[str, Any]) -> str | None:
+    d = r.get("decision")
+    if not d:
+        return None
+    line = f"{d.get('rule')}: {d.get('flips')} of {d.get('total')} decisions flip"
+    budget = _float(d.get("budget"))
+    if budget:
+        line += f" (budget {budget:.3g} of them)"
+    if d.get("near_ties"):
+        line += f"; {d['near_ties']} near ties (the reference's margin within tolerance)"
+    return line
+
+
+def shift_line(r: Mapping[str, Any]) -> str | None:
+    if not r.get("shift"):
+        return None
+    from detharness.compare.shift import shift_text
+
+    return shift_text({k: _float(r["shift"].get(k)) for k in ("psi", "wasserstein", "jsd")})
+
+
+def notable_lines(r: Mapping[str, Any]) -> list[str]:
+    """What belongs in the brief reports about a result's measures, a sentence each: a decision
+    flipped, the candidate is further from float64 than rounding explains, or a feature's PSI reads
+    0.1 or more. Empty for everything else (-v, JSON and HTML have it all)."""
+    d, acc, shift = r.get("decision"), r.get("accuracy"), r.get("shift")
+    psi = _float(shift.get("psi")) if isinstance(shift, Mapping) else None
+    lines = [accuracy_line(r) if isinstance(acc, Mapping) and acc.get("reading") == "candidate-worse" else None,
+             decision_line(r) if isinstance(d, Mapping) and d.get("flips") else None,
+             shift_line(r) if psi is not None and psi >= 0.1 else None]
+    return [line for line in lines if line]
+
+
+def notable(r: Mapping[str, Any]) -> bool:
+    return bool(notable_lines(r))
+
+
+def measure_lines(r: Mapping[str, Any]) -> list[str]:
+    """What the measures say about one result, a sentence each (accuracy, decisions, shift)."""
+    return [line for line in (accuracy_line(r), decision_line(r), shift_line(r)) if line]
+
+
 def skipped_reasons(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, int]]:
     """Skipped results grouped by reason, most frequent first: fifty "no cuda device" rows on a
     CPU runner say one thing, so the reports say it once."""

@@ -30,7 +30,15 @@ from importlib import resources
 from typing import Any
 
 from detharness.errors import UsageError
-from detharness.report._format import headline, number, skipped_reasons
+from detharness.report._format import (
+    accuracy_line,
+    decision_line,
+    headline,
+    notable,
+    number,
+    shift_line,
+    skipped_reasons,
+)
 from detharness.report.sections import IDENTICAL_ROWS, known_reasons
 from detharness.results import QUIET, Status
 
@@ -132,12 +140,17 @@ def _row(index: int, r: Mapping[str, Any], figures: Mapping[int, Mapping[str, An
         "reproduce": r.get("reproduce") if _is_failure(r) else None, "plots": plots,
         "known_reason": r.get("known_reason") or "", "detailed": detailed, "stale": r.get("stale_known") or "",
         "env_diff": [(k, v[0], v[1]) for k, v in (r.get("env_diff") or {}).items()][:12],
-        # What the accuracy, decision, shift and bisection capabilities add, where they did.
-        "extras": [(key.replace("_", " "), _pairs(r[key])) for key in _EXTRAS if r.get(key)],
+        # What the measures say (accuracy against float64, decisions, shift), a sentence each, and
+        # what later capabilities add (the first diverging layer) as its fields.
+        "extras": [*[(name, text) for name, text in zip(("against float64", "decisions", "shift"),
+                                                        (accuracy_line(r), decision_line(r), shift_line(r)),
+                                                        strict=True) if text],
+                   *[(key.replace("_", " "), _pairs(r[key])) for key in _EXTRAS if r.get(key)]],
+        "notable": notable(r),
     }
 
 
-_EXTRAS = ("accuracy", "decision", "shift", "first_divergence")
+_EXTRAS = ("first_divergence",)
 
 
 def _pairs(value: Any) -> str:

@@ -9,7 +9,7 @@ from tabulate import tabulate
 
 from detharness.report import Section, register_section
 from detharness.report._escape import md_code, md_fence, md_html, md_text, terminal_safe
-from detharness.report._format import env_diff_text, headline, number, skipped_reasons
+from detharness.report._format import accuracy_line, env_diff_text, headline, notable_lines, number, skipped_reasons
 from detharness.report._matrix import markdown_sections, text_sections
 from detharness.results import QUIET, Status
 
@@ -114,6 +114,70 @@ def text_skipped_brief(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _short(variant: str | None) -> str:
+    text = variant or ""
+    return text[text.index("["):] if "[" in text else text
+
+
+def findings(report: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """The cases whose measures matter (a decision flips, a candidate is further from float64 than
+    rounding explains, a feature's PSI reads 0.1 or more), each with its sentences: the flips of
+    its variants said once, the others one per result. The rest is in -v, JSON and HTML."""
+    cases: dict[str, list[Mapping[str, Any]]] = {}
+    for r in report["results"]:
+        if notable_lines(r):
+            cases.setdefault(r.get("case") or "", []).append(r)
+    out = []
+    for case_id, results in cases.items():
+        flips = [r for r in results if isinstance(r.get("decision"), Mapping) and r["decision"].get("flips")]
+        sentences = []
+        if flips:
+            most = max(flips, key=lambda r: r["decision"]["flips"])
+            near = all(r["decision"].get("near_ties") == r["decision"]["flips"] for r in flips)
+            over = sum(r["status"] == Status.FLIPPED for r in flips)
+            sentences.append(f"{most['decision']['rule']} flips up to {most['decision']['flips']} of "
+                             f"{most['decision']['total']} decisions in {len(flips)} variant"
+                             f"{'s' if len(flips) != 1 else ''} ({'all near ties' if near else 'not all near ties'}; "
+                             f"{f'{over} over the budget' if over else 'within the budget'})")
+        for r in results:
+            said = accuracy_line(r)  # names the variant itself
+            for line in notable_lines(r):
+                if r in flips and line.startswith(r["decision"]["rule"]):
+                    continue
+                where = r.get("output") or "" if line == said else f"{_short(r.get('variant'))} {r.get('output') or ''}"
+                sentences.append(f"{where.strip()}: {line}" if where.strip() else line)
+        out.append((case_id, sentences))
+    return out
+
+
+def text_findings(report: Mapping[str, Any]) -> list[str]:
+    found = findings(report)
+    if not found:
+        return []
+    lines = ["", f"does it matter ({len(found)} case{'s' if len(found) != 1 else ''}):"]
+    for case_id, sentences in found[:MAX_BRIEF]:
+        lines.append(f"  {terminal_safe(case_id)}: {terminal_safe('; '.join(sentences))}")
+    if len(found) > MAX_BRIEF:
+        lines.append(f"  ... {len(found) - MAX_BRIEF} more (--format json or --report FILE.html for all)")
+    return lines
+
+
+def stale_reasons(report: Mapping[str, Any]) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for r in report["results"]:
+        if r.get("stale_known"):
+            counts[r["stale_known"]] = counts.get(r["stale_known"], 0) + 1
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def text_stale(report: Mapping[str, Any]) -> list[str]:
+    stale = stale_reasons(report)
+    if not stale:
+        return []
+    return ["", "stale known divergences (the outputs agree now: remove these declarations):",
+            *[f"  {count:4d}  {terminal_safe(reason)}" for reason, count in stale]]
+
+
 def known_reasons(report: Mapping[str, Any]) -> list[tuple[str, int]]:
     """The declared known divergences that held, each reason once with how many results it covers:
     the table's note cuts a reason; here it is whole."""
@@ -201,6 +265,26 @@ def markdown_cases(report: Mapping[str, Any]) -> list[str]:
     return ["### Results by case", "", *[line for block in blocks for line in block]]
 
 
+def markdown_findings(report: Mapping[str, Any]) -> list[str]:
+    found = findings(report)
+    if not found:
+        return []
+    out = ["### Does it matter", ""]
+    out += [f"- {md_code(case_id)}: {md_text('; '.join(sentences))}" for case_id, sentences in found[:MAX_BRIEF]]
+    if len(found) > MAX_BRIEF:
+        out.append(f"- _{len(found) - MAX_BRIEF} more in the JSON and HTML reports._")
+    return [*out, ""]
+
+
+def markdown_stale(report: Mapping[str, Any]) -> list[str]:
+    stale = stale_reasons(report)
+    if not stale:
+        return []
+    return ["### Stale known divergences", "", "_The outputs agree now: remove these declarations._", "",
+            tabulate([[n, md_text(reason)] for reason, n in stale], headers=["results", "declaration"],
+                     tablefmt="github"), ""]
+
+
 def markdown_environments(report: Mapping[str, Any]) -> list[str]:
     envs = report.get("environments") or {}
     if not envs:
@@ -256,6 +340,7 @@ def markdown_skipped(report: Mapping[str, Any]) -> list[str]:
 # failure, known divergences and the N-way sections; -v adds every result and each failure in full.
 for _section in (Section("skipped-brief", text_skipped_brief, "brief"),
                  Section("failures-brief", text_failures_brief, "brief"),
+                 Section("findings", text_findings), Section("stale", text_stale),
                  Section("results", text_table, "verbose"), Section("failures", text_failures, "verbose"),
                  Section("known", text_known), Section("skipped", text_skipped, "verbose"),
                  Section("n-way", text_sections)):
@@ -263,7 +348,8 @@ for _section in (Section("skipped-brief", text_skipped_brief, "brief"),
 # Markdown: the summary, then the N-way sections (profiles, attribution, matrix: with many
 # environments they say in a few lines what hundreds of failure rows repeat), the failures in full,
 # every result grouped by case (passing cases folded), and the reference sections last.
-for _section in (Section("summary", markdown_summary), Section("n-way", markdown_sections),
+for _section in (Section("summary", markdown_summary), Section("findings", markdown_findings),
+                 Section("stale", markdown_stale), Section("n-way", markdown_sections),
                  Section("failures", markdown_failures), Section("cases", markdown_cases),
                  Section("known", markdown_known), Section("skipped", markdown_skipped),
                  Section("environments", markdown_environments)):

@@ -148,3 +148,48 @@ def test_markdown_lists_a_dozen_identical_results_per_case_and_counts_the_rest()
     md = report.render(report.build(same, {}, title="t"), "md")
     assert md.count("| identical ") == 12
     assert "_8 more bitwise identical results (listed in the JSON report)._" in md
+
+
+def _measured() -> list:
+    flip = {"rule": "argmax", "budget": 0.0, "flips": 1, "total": 32, "indices": [[7]], "margins": [5e-4],
+            "near_ties": 1, "exceeds": True}
+    worse = {"oracle": "m/a[numpy:cpu:float64:eager]", "metric": "rms", "candidate_error": 3.7e-5,
+             "baseline_error": 1e-6, "ratio": 37.0, "reading": "candidate-worse", "baseline": "m/a[cpu]"}
+    noise = dict(worse, candidate_error=1.04e-6, ratio=1.04, reading="rounding-noise")
+    return [
+        new_result("backend", "m/flip", "m/flip[t:cpu:float32:eager]", "flipped", "FLIPPED | argmax", output="y",
+                   decision=flip),
+        new_result("device", "m/a", "m/a[t:cuda:float32:eager]", "close", "CLOSE", output="y", accuracy=worse),
+        new_result("backend", "m/a", "m/a[j:cpu:float32:eager]", "close", "CLOSE", output="y", accuracy=noise),
+        new_result("backend", "p/s", "p/s[serving:cpu:float32:eager]", "known", "known", output="z",
+                   shift={"psi": 0.31, "wasserstein": 0.42, "jsd": None}),
+        new_result("backend", "p/t", "p/t[serving:cpu:float32:eager]", "close", "CLOSE", output="z",
+                   shift={"psi": 0.02, "wasserstein": 0.01, "jsd": None}),
+        new_result("backend", "p/u", "p/u[x:cpu:float32:eager]", "close", "declared known divergence no longer "
+                   "happens (stale): old reason", output="z", stale_known="old reason"),
+    ]
+
+
+def test_brief_reports_name_only_the_cases_whose_measures_matter() -> None:
+    built = report.build(_measured(), {}, title="t")
+    text = report.render(built, "text")
+    section = text.split("does it matter (3 cases):\n")[1].split("\n\n")[0].splitlines()
+    assert section == [
+        "  m/flip: argmax flips up to 1 of 32 decisions in 1 variant (all near ties; 1 over the budget)",
+        "  p/s: [serving:cpu:float32:eager] z: PSI 0.31 (major shift), Wasserstein 0.42 std",
+        "  m/a: y: t:cuda:float32:eager is 37x further from float64 than cpu",
+    ]
+    assert "rounding noise" not in text and "p/t" not in text  # in -v, JSON and HTML only
+    md = report.render(built, "md")
+    assert "### Does it matter" in md and "`m/a`: y: t:cuda:float32:eager is 37x further from float64" in md
+    page = report.render(built, "html")
+    assert "both rounding noise: j:cpu:float32:eager is 1.04x as far from float64 as cpu" in page
+    assert "PSI 0.02 (stable), Wasserstein 0.01 std" in page
+
+
+def test_a_stale_known_divergence_says_remove_it_in_text_and_markdown() -> None:
+    built = report.build(_measured(), {}, title="t")
+    assert "stale known divergences (the outputs agree now: remove these declarations):\n     1  old reason" in \
+        report.render(built, "text")
+    md = report.render(built, "md")
+    assert "### Stale known divergences" in md and "remove these declarations" in md and "| old reason" in md
