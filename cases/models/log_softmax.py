@@ -19,10 +19,12 @@ c = case(
     inputs=lambda rng: {"x": (rng.standard_normal((256, 512)) * 3).astype("float32")},
     # Worst scaled error here x3, rounded up for other CPUs' kernels: f32 8.8e-8, f16 8.3e-4, bf16 6.2e-3
     tolerance={"float32": "scaled(3e-7)", "float16": "scaled(3e-3)", "bfloat16": "scaled(2e-2)"},
+    decisions={"y": "argmax @ 5%"},  # measured: bfloat16 flips 6 of 256 rows, float16 1 (near ties)
 )
 
 
-@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+# The reference's float32 variant is the accuracy's baseline: the same formula at float32.
+@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64", "float32"))
 def _(x):
     z = x - x.max(-1, keepdims=True)
     return {"y": z - np.log(np.exp(z).sum(-1, keepdims=True))}

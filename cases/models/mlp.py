@@ -30,10 +30,12 @@ c = case(
     params=_params,
     # Worst scaled error here x3, rounded up for other CPUs' kernels: f32 2.7e-7, f16 6.4e-4, bf16 5.7e-3
     tolerance={"float32": "scaled(9e-7)", "float16": "scaled(2e-3)", "bfloat16": "scaled(2e-2)"},
+    decisions={"y": "argmax @ 2%"},  # measured: bfloat16 flips 2 of 256 rows (near ties)
 )
 
 
-@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+# The reference's float32 variant is the accuracy's baseline: the same formula at float32.
+@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64", "float32"))
 def _(x, params):
     h = np.maximum(x @ params["w1"].T + params["b1"], 0)
     return {"y": h @ params["w2"].T + params["b2"]}

@@ -19,10 +19,12 @@ c = case(
     # Half precision is judged against the output's scale, its largest value: worst here 1.4e-3
     # (float16, jax) and 1.0e-2 (bfloat16, torch); each bound is 3x that, rounded up.
     tolerance={"float32": "ulp(32)", "float16": "scaled(5e-3)", "bfloat16": "scaled(4e-2)"},
+    decisions={"y": "topk(5) @ 10%"},  # measured: bfloat16 changes 13 of 256 top-5 sets, float16 1 (near ties)
 )
 
 
-@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+# The reference's float32 variant is the accuracy's baseline: the same formula at float32.
+@c.impl("numpy", backend="numpy", reference=True, dtypes=("float64", "float32"))
 def _(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return {"y": e / e.sum(-1, keepdims=True)}
