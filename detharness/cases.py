@@ -297,7 +297,8 @@ class Case:
     ``argmax``, ``topk(K)``, ``threshold(T)`` or ``sign``, optionally with a flip budget, ``"argmax @
     1%"``; a comparison whose values pass but whose decisions flip past the budget is ``flipped``.
     ``accuracy`` sets how the error against the float64 oracle is read: ``{"metric": "rms" |
-    "max_scaled", "factor": 2.0}``.
+    "max_scaled", "factor": 2.0}``. ``intermediates=True`` records the layers of its model variants
+    in every run, as ``run --intermediates`` does for all.
     """
 
     def __init__(
@@ -318,6 +319,7 @@ class Case:
         kind: str = "compute",
         decisions: Mapping[str, str] | None = None,
         accuracy: Mapping[str, Any] | None = None,
+        intermediates: bool = False,
     ) -> None:
         if not isinstance(id, str) or not _CASE_ID.match(id):
             raise CaseError(f"bad case id {id!r}: use slash-separated names of letters, digits, '_', '-', '.', '+'")
@@ -325,6 +327,7 @@ class Case:
             raise CaseError(f"case {id}: kind {kind!r} is not one of {', '.join(CASE_KINDS)}")
         self.decisions = _decisions(id, decisions)
         self.accuracy = _accuracy_options(id, accuracy)
+        self.intermediates = bool(intermediates)
         self.id = id
         self.kind = kind
         self.inputs_factory = inputs

@@ -1,4 +1,4 @@
-"""The ``detharness`` command: list, env, run, compare, report, tolerances, matrix.
+"""The ``detharness`` command: list, env, run, compare, report, bisect, tolerances, matrix.
 
 Exit codes: 0 nothing in ``--fail-on`` happened; 1 something did; 2 bad usage or unusable input
 (one line on stderr, no traceback); 3 an internal error (a bug in detharness); 130 interrupted
@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Replace the bundle already in --out DIR (the new one is swapped in only when complete; a "
                         "folder that is not a bundle is still refused)")
     p.add_argument("--in-process", action="store_true", help="Run everything in this process (for debugging)")
+    p.add_argument("--intermediates", action="store_true",
+                   help="Also record the output of every layer of model variants (torch modules, ONNX models), "
+                        "for detharness bisect; with --inputs-from a bundle that has them, each layer is also re-run "
+                        "on the baseline's inputs to it (the error it introduces itself)")
     _add_output(p)
 
     p = sub.add_parser("compare", help="Compare bundles from different environments")
@@ -106,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", dest="keyword", metavar="EXPR", help="Only variants matching this expression")
     p.add_argument("--all-pairs", action="store_true",
                    help="Also count the outputs that differ bitwise between every two bundles (from stored hashes)")
+    _add_output(p)
+
+    p = sub.add_parser("bisect", help="Where does it start: the first layer whose output differs, between the "
+                                      "layers two bundles recorded (run --intermediates), or between two variants "
+                                      "of one case run here (--variant, --against)")
+    p.add_argument("bundles", nargs="*", metavar="BUNDLE", help="BASELINE CANDIDATE, recorded with --intermediates")
+    p.add_argument("--cases", action="append", default=[], metavar="PATH",
+                   help=f"With --variant and --against: the case file or folder; {TRUST_NOTE}")
+    p.add_argument("--variant", metavar="ID", help="The variant to bisect (with --against, run here)")
+    p.add_argument("--against", metavar="ID", help="The variant it is held against, of the same case")
+    p.add_argument("-k", dest="keyword", metavar="EXPR", help="Only variants matching this expression")
     _add_output(p)
 
     p = sub.add_parser("tolerances", help="From the results of stored bundles: the smallest tolerance each "
@@ -139,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Only these profiles and the baseline (repeatable or comma-separated)")
     p.add_argument("--overlays", metavar="DIR",
                    help="Cache of pinned-version overlays (default: ~/.cache/detharness/overlays)")
+    p.add_argument("--intermediates", action="store_true",
+                   help="Every profile records the layers of model variants, for detharness bisect")
     _add_output(p)
     return parser
 
@@ -273,7 +290,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                              backends=_comma_list(args.backend), device=args.device, repeat=args.repeat,
                              repeat_processes=args.repeat_processes, checks=asked, deterministic=args.deterministic,
                              timeout=args.timeout, inputs_from=replay, in_process=args.in_process,
-                             progress=_progress(sys.stderr))
+                             progress=_progress(sys.stderr), intermediates=args.intermediates)
         record = run(options)
         if not record.variants:
             raise UsageError(f"{_selection_text(args)} selects no variant; `detharness list` with the same "
@@ -362,6 +379,79 @@ def cmd_compare(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
 
 
+def cmd_bisect(args: argparse.Namespace, out: TextIO) -> int:
+    """Between two bundles: the environment check's results of the variants both recorded layers
+    for, each with its ``first_divergence``. Between two variants of one case: they run here, in
+    this process, with their layers recorded, and the same is said of the pair."""
+    from detharness import bisect
+    from detharness import record as record_mod
+    from detharness import report as report_mod
+    from detharness.results import failed
+
+    fail_on = _fail_on(args.fail_on)
+    _check_report_paths(args)
+    start = time.perf_counter()
+    if args.variant or args.against:
+        if args.bundles or not (args.variant and args.against):
+            raise UsageError("bisect: give BASELINE CANDIDATE bundles, or --variant ID --against ID (with --cases)")
+        results, environments, arrays, bisected = _bisect_variants(args)
+        extra: dict[str, Any] = {"bisected": bisected}
+    else:
+        if len(args.bundles) != 2:
+            raise UsageError("bisect: give two bundles, BASELINE CANDIDATE (recorded with --intermediates)")
+        from detharness.attribution import bundle_labels, compare_bundles
+
+        records = [record_mod.load(path) for path in args.bundles]
+        labels = bundle_labels(args.bundles)
+        with_layers = [vid for vid, v in records[1].variants.items()
+                       if v.layers and vid in records[0].variants and records[0].variants[vid].layers]
+        if not with_layers:
+            raise UsageError("bisect: no variant has recorded layers in both bundles (run them with --intermediates)")
+        results, _ = compare_bundles(records, labels, keyword=args.keyword)
+        results = [r for r in results if r.variant in with_layers]
+        pairs = {vid: (records[0].variants[vid], records[1].variants[vid]) for vid in with_layers}
+        results = bisect.attach(results, pairs)
+        environments = {r.environment_id: r.environment for r in records}
+        arrays = report_mod.ArraySource(dict(zip(labels, records, strict=True)))
+        extra = {"bundles": [display_path(p) for p in args.bundles], "bisected": bisect.layers_in_common(pairs)}
+    report = report_mod.build(results, environments, title="detharness bisect", seconds=time.perf_counter() - start,
+                              extra=extra)
+    _emit(report, args, out, arrays=arrays)
+    return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
+
+
+def _bisect_variants(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], Any, dict[str, int]]:
+    from detharness import bisect
+    from detharness import report as report_mod
+    from detharness.cases import parse_variant_id
+    from detharness.checks.base import judged, not_ok, tolerance_map
+    from detharness.compare import compare
+    from detharness.runner import RunOptions, run
+
+    ids = [args.against, args.variant]
+    cases = {parse_variant_id(i)[0] for i in ids}
+    if len(cases) != 1:
+        raise UsageError(f"bisect: --variant and --against must be variants of one case, not {' and '.join(sorted(cases))}")
+    keyword = " or ".join(f"'{i}'" for i in ids)
+    record = run(RunOptions(case_paths=args.cases, in_process=True, intermediates=True, only_ids=ids))
+    missing = [i for i in ids if i not in record.variants]
+    if missing:
+        raise UsageError(f"bisect: no variant {missing[0]!r} here; `detharness list` shows the variants "
+                         f"(selected with {keyword})")
+    base, cand = (record.variants[i] for i in ids)
+    case = record.cases.get(cand.case)
+    results: list[Any] = []
+    if base.status.value != "ok" or cand.status.value != "ok":
+        results = [not_ok("bisect", v, base.id, None) for v in (base, cand) if v.status.value != "ok"]
+    else:
+        verdict = compare(dict(base.outputs), dict(cand.outputs), tolerance=tolerance_map(cand))
+        results = judged("bisect", cand.case, case, cand.id, verdict, base.outputs, cand.outputs,
+                                baseline=base.id, candidate=cand.id, reproduce=None, environment=record.environment)
+        results = bisect.attach(results, {cand.id: (base, cand)})
+    return (results, {record.environment_id: record.environment}, report_mod.ArraySource(default=record),
+            bisect.layers_in_common({cand.id: (base, cand)}))
+
+
 def cmd_tolerances(args: argparse.Namespace, out: TextIO) -> int:
     """The tolerances the evidence needs against those declared: nothing is edited, a case opts in
     by loading the written file."""
@@ -417,7 +507,8 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(f"detharness matrix: {terminal_safe(line)}\n")
         sys.stderr.flush()
 
-    outcomes = matrix.run_matrix(spec, args.out, keyword=args.keyword, overlays=args.overlays, progress=progress)
+    outcomes = matrix.run_matrix(spec, args.out, keyword=args.keyword, overlays=args.overlays, progress=progress,
+                                 intermediates=args.intermediates)
     report = matrix.matrix_report(spec, outcomes, seconds=time.perf_counter() - start)
     arrays = matrix.array_source(outcomes)
     names = ["report.md", "report.json", "report.txt", "report.xml"]
@@ -431,7 +522,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
 
 
 COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare, "report": cmd_report,
-            "tolerances": cmd_tolerances, "matrix": cmd_matrix}
+            "tolerances": cmd_tolerances, "bisect": cmd_bisect, "matrix": cmd_matrix}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -366,6 +366,14 @@ CASE = record(
     required=("fingerprint",), what="a case (a mapping)",
 )
 
+INTERMEDIATES = record(
+    {"layers": sequence(record({"name": NAME, "index": COUNT, "dtype": NAME, "sha256": NAME, "array": array_ref},
+                               required=("name", "array"), what="a layer (a mapping with a name and an array)"),
+                        "layers"),
+     "inputs": ARRAYS, "shadow": ARRAYS, "info": OPTIONAL_MAPPING},
+    nullable=True, what="the recorded layers (a mapping)",
+)
+
 LOG = record(
     {"stdout": TEXT, "stderr": TEXT, "warnings": sequence(TEXT, "str"), "truncated": boolean()},
     nullable=True, what="a log (a mapping of stdout, stderr, warnings, truncated)",
@@ -415,7 +423,7 @@ _VARIANT_FIELDS = record(
         "tolerances": mapping(OPTIONAL_NAME, "str or null"), "distinct_results": COUNT,
         "repeat_outputs": mapping(array_ref, "array ref", nullable=True), "info": mapping(json_value(), "JSON values"),
         "repeat": REPEAT, "roundtrip": ROUNDTRIP, "log": LOG,
-        "intermediates": OPTIONAL_MAPPING, "cache": OPTIONAL_MAPPING, "shard": OPTIONAL_MAPPING,
+        "intermediates": INTERMEDIATES, "cache": OPTIONAL_MAPPING, "shard": OPTIONAL_MAPPING,
     },
     required=VARIANT_REQUIRED, what="a variant (a mapping)",
 )

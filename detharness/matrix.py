@@ -490,7 +490,7 @@ def _check_outcome(outcome: ProfileOutcome, profile: Profile, environment: Mappi
 
 def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | None = None,
                overlays: str | os.PathLike[str] | None = None, python: str = sys.executable,
-               progress: Callable[[str], None] = lambda _: None) -> list[ProfileOutcome]:
+               progress: Callable[[str], None] = lambda _: None, intermediates: bool = False) -> list[ProfileOutcome]:
     """Set up and run every profile, the baseline first; a failed one is recorded and the rest go on.
 
     Bundles go to ``OUT/<profile>``, each run's output to ``OUT/<profile>.log``. Runs are sequential:
@@ -525,6 +525,8 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
         bundle = out_dir / profile.name
         log_path = out_dir / f"{profile.name}.log"
         command = run_command(spec, bundle, keyword=keyword, inputs_from=inputs_from, python=python)
+        if intermediates:  # every profile records its layers; with --inputs-from, their shadows too
+            command.append("--intermediates")
         outcome.command = " ".join(shlex.quote(part) for part in [*_env_words(profile, overlay), "detharness",
                                                                    *command[3:]])
         outcome.log = shown_path(log_path)

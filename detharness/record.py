@@ -97,7 +97,13 @@ class VariantRecord:
     #: What the variant printed and warned while it ran.
     log: VariantLog = field(default_factory=VariantLog)
     # Reserved for later capabilities: recorded layers, the prepared-artefact cache, the shard.
+    #: ``--intermediates``: what to know about the recorded layers (``info``); the arrays are below.
     intermediates: dict[str, Any] | None = None
+    #: Layer name -> output, in program order; the layer call inputs (``NAME|i``) and the shadow
+    #: outputs (each layer re-run on the baseline's inputs to it), where recorded.
+    layers: Mapping[str, np.ndarray] = field(default_factory=dict)
+    layer_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    shadow: Mapping[str, np.ndarray] = field(default_factory=dict)
     cache: dict[str, Any] | None = None
     shard: dict[str, Any] | None = None
 
@@ -128,13 +134,41 @@ def digest_arrays(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def _intermediates_manifest(v: VariantRecord, put: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any] | None:
+    """``{"layers": [{name, index, dtype, shape, sha256, array}], "inputs": {NAME|i: ref}, "shadow":
+    {name: ref}, "info": {...}}``: content-addressed like outputs, so a layer equal to the next
+    one's input is stored once."""
+    if v.intermediates is None and not v.layers:
+        return None
+    layers = []
+    for index, (name, array) in enumerate(v.layers.items()):
+        ref = put(np.asarray(array))
+        layers.append({"name": name, "index": index, "dtype": ref["dtype"], "shape": ref["shape"],
+                       "sha256": ref["sha256"], "array": ref})
+    return {"layers": layers, "inputs": {k: put(np.asarray(a)) for k, a in v.layer_inputs.items()},
+            "shadow": {k: put(np.asarray(a)) for k, a in v.shadow.items()},
+            "info": dict((v.intermediates or {}).get("info") or {})}
+
+
+def layer_inputs(v: VariantRecord | None) -> dict[str, list[np.ndarray]] | None:
+    """A recorded variant's inputs to each layer call, by call name, for a shadow run."""
+    if v is None or not v.layer_inputs:
+        return None
+    calls: dict[str, dict[int, np.ndarray]] = {}
+    for key in v.layer_inputs:
+        name, _, index = key.rpartition("|")
+        calls.setdefault(name, {})[int(index)] = np.asarray(v.layer_inputs[key])
+    return {name: [arrays[i] for i in sorted(arrays)] for name, arrays in calls.items()}
+
+
 def variant_manifest(v: VariantRecord, put: Callable[[np.ndarray], dict[str, Any]]) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "case": v.case, "impl": v.impl, "backend": v.backend, "device": v.device, "dtype": v.dtype, "mode": v.mode,
         "reference": v.reference, "status": v.status.value, "error": v.error, "traceback": v.traceback,
         "seconds": v.seconds, "outputs": {name: put(np.asarray(arr)) for name, arr in v.outputs.items()},
         "tolerances": v.tolerances, "distinct_results": v.distinct_results, "info": v.info,
-        "log": v.log.to_json(), "intermediates": v.intermediates, "cache": v.cache, "shard": v.shard,
+        "log": v.log.to_json(), "intermediates": _intermediates_manifest(v, put), "cache": v.cache,
+        "shard": v.shard,
     }
     if v.repeat_outputs is not None:
         entry["repeat_outputs"] = {name: put(np.asarray(arr)) for name, arr in v.repeat_outputs.items()}
@@ -147,6 +181,15 @@ def variant_manifest(v: VariantRecord, put: Callable[[np.ndarray], dict[str, Any
                                   for name, sides in trip.get("changed_params", {}).items()}
         entry["roundtrip"] = trip
     return entry
+
+
+def _layers_from_json(found: Mapping[str, Any] | None, read: Callable[[Mapping[str, Any]], np.ndarray]
+                      ) -> dict[str, Any]:
+    if not isinstance(found, Mapping):
+        return {}
+    layers = {entry["name"]: entry["array"] for entry in found.get("layers") or [] if "array" in entry}
+    return {"layers": LazyArrays(layers, read), "layer_inputs": LazyArrays(dict(found.get("inputs") or {}), read),
+            "shadow": LazyArrays(dict(found.get("shadow") or {}), read)}
 
 
 def _roundtrip_from_json(trip: Mapping[str, Any] | None, read: Callable[[Mapping[str, Any]], np.ndarray]
@@ -239,6 +282,7 @@ def record_from_manifest(manifest: Mapping[str, Any], read: Callable[[Mapping[st
                 mode=v["mode"], status=Outcome(v["status"]), reference=v.get("reference", False),
                 error=v.get("error"), traceback=v.get("traceback"), log=VariantLog.from_json(v.get("log") or {}),
                 intermediates=v.get("intermediates"), cache=v.get("cache"), shard=v.get("shard"),
+                **_layers_from_json(v.get("intermediates"), read),
                 seconds=v.get("seconds"), outputs=LazyArrays(v.get("outputs", {}), read),
                 tolerances=dict(v.get("tolerances") or {}), distinct_results=v.get("distinct_results"),
                 repeat_outputs=LazyArrays(v["repeat_outputs"], read) if v.get("repeat_outputs") else None,

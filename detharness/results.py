@@ -172,6 +172,10 @@ class Task:
     repeat: int
     inputs: Mapping[str, np.ndarray]
     params: Mapping[str, np.ndarray]
+    #: Record the layers inside a model variant (``run --intermediates``).
+    intermediates: bool = False
+    #: The baseline's inputs to each layer (by layer call name), to re-run each layer on them.
+    shadow_inputs: Mapping[str, list[np.ndarray]] | None = None
 
 
 @dataclass
@@ -230,6 +234,8 @@ class Reply:
     #: With --repeat-processes: {"processes", "runs", "digests" (per process, per run), "failures"}.
     repeat: dict[str, Any] | None = None
     log: VariantLog = field(default_factory=VariantLog)
+    #: ``--intermediates``: the layers (a :class:`detharness.intermediates.Recorded`).
+    layers: Any = None
 
     @classmethod
     def failure(cls, id: str, error: str, traceback: str | None = None) -> Reply:

@@ -359,7 +359,13 @@ class TorchOnnxFormat(TorchModuleFormat):
         def call(*args: Any) -> Any:
             return pytree.tree_unflatten(ort.run_session(session, [to_numpy(a) for a in args]), tree_spec)
 
-        return call
+        # --intermediates records the loaded model's layers, named by torch module (dynamo exports).
+        from detharness.backends import onnx_capture
+
+        return ort.with_layers(call, loaded.SerializeToString(), device=ctx.device,
+                               level=ort.OPTIMIZATION_LEVELS[f"opt:{self.level}"],
+                               deterministic=ctx.backend.deterministic,
+                               torch_scopes=onnx_capture.torch_scopes(loaded) if self.exporter == "dynamo" else None)
 
 
 # -- jax --------------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ class RunOptions:
     inputs_from: RunRecord | None = None
     in_process: bool = False
     progress: Callable[[int, int, str], None] | None = None
+    #: Record the layers inside every model variant (``--intermediates``; a case can ask for it too).
+    intermediates: bool = False
+    #: Only these variant ids (``bisect --variant --against``), and nothing they would need.
+    only_ids: list[str] = field(default_factory=list)
 
     @property
     def plan(self) -> Plan:
@@ -84,6 +88,8 @@ def select_variants(registry: Registry, options: RunOptions) -> list[Variant]:
     chosen: list[Variant] = []
     for c in registry:
         for v in c.variants():
+            if options.only_ids and v.id not in options.only_ids:
+                continue
             if options.tags and not v.tags.intersection(options.tags):
                 continue
             if options.checks and not checks_for(v, plan, options.checks):
@@ -130,10 +136,21 @@ def case_arrays(c: Case, replay: RunRecord | None) -> tuple[dict[str, np.ndarray
     return inputs, params
 
 
-def task_for(v: Variant, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], repeat: int) -> Task:
-    """What :func:`execute` needs to run one variant; it crosses to a worker process."""
+def task_for(v: Variant, inputs: Mapping[str, np.ndarray], params: Mapping[str, np.ndarray], repeat: int, *,
+             intermediates: bool = False, replay: RunRecord | None = None) -> Task:
+    """What :func:`execute` needs to run one variant; it crosses to a worker process. With
+    ``intermediates`` (or a case that asks for them) its layers are recorded, and where ``replay``
+    (the ``--inputs-from`` bundle) holds the baseline's inputs to each layer of this variant, each
+    layer is also re-run on them (shadow mode)."""
+    record_layers = (intermediates or v.case.intermediates) and v.impl.module
+    shadow = None
+    if record_layers and replay is not None:
+        from detharness.record import layer_inputs
+
+        shadow = layer_inputs(replay.variants.get(v.id))
     return Task(id=v.id, case=v.case.id, impl=v.impl.name, device=v.device, dtype=v.dtype, mode=v.mode,
-                repeat=repeat, inputs=dict(inputs), params=dict(params))
+                repeat=repeat, inputs=dict(inputs), params=dict(params), intermediates=bool(record_layers),
+                shadow_inputs=shadow)
 
 
 # -- execution of one variant (shared by workers, --in-process and the pytest plugin) ----------
@@ -228,6 +245,8 @@ def _execute(backend: Backend, c: Case, task: Task) -> Reply:
             reply.run_digests.append(digest)
         reply.seconds = seconds / runs
         reply.info = jsonable({**backend.run_info(), **extra_info})
+        if task.intermediates:
+            reply.layers = _record_layers(backend, obj, spec, call, inputs, reply, names, task, fmt is not None)
         if runs > 1:
             reply.distinct_results = len(digests)
     except UnsupportedVariant as exc:
@@ -235,6 +254,19 @@ def _execute(backend: Backend, c: Case, task: Task) -> Reply:
     except Exception as exc:  # an implementation's failure is a result, not a crash of the harness
         return Reply.failure(task.id, one_line(exc), user_traceback(exc))
     return reply
+
+
+def _record_layers(backend: Backend, obj: Any, spec: VariantSpec, call: Any, inputs: list[Any], reply: Reply,
+                   names: list[str] | None, task: Task, roundtrip: bool) -> Any:
+    """The variant's layers (``--intermediates``); a failure to record them is a note, never the
+    variant's error: its outputs were recorded already."""
+    from detharness import intermediates
+
+    try:
+        return intermediates.record(backend, obj, spec, call, inputs, reply.outputs, names=names,
+                                    shadow_inputs=task.shadow_inputs, roundtrip=roundtrip)
+    except Exception as exc:
+        return intermediates.Recorded(notes=[f"layers not recorded: {one_line(exc)}"], approximate=True)
 
 
 def build(fn: Callable[..., Any], params: Mapping[str, Any], extras: Mapping[str, Any]) -> Any:
@@ -653,7 +685,9 @@ def run(options: RunOptions) -> RunRecord:
                             in_process=options.in_process)
         try:
             for v in todo:
-                reply = executor.execute(v, task_for(v, *arrays[v.case.id], repeat=options.repeat))
+                reply = executor.execute(v, task_for(v, *arrays[v.case.id], repeat=options.repeat,
+                                                     intermediates=options.intermediates,
+                                                     replay=options.inputs_from))
                 with lock:
                     replies[v.id] = reply
                     done += 1
@@ -698,7 +732,18 @@ def variant_record(v: Variant, reply: Reply) -> VariantRecord:
         tolerances={name: v.case.tolerance_for(name, v.dtype) for name in reply.outputs},
         distinct_results=reply.distinct_results, repeat_outputs=reply.repeat_outputs,
         info=reply.info, repeat=reply.repeat, roundtrip=reply.roundtrip, log=reply.log,
+        **layer_fields(reply.layers),
     )
+
+
+def layer_fields(recorded: Any) -> dict[str, Any]:
+    """A reply's recorded layers as the VariantRecord fields that hold them."""
+    if recorded is None:
+        return {}
+    return {"intermediates": {"info": recorded.to_info()}, "layers": dict(recorded.layers),
+            "layer_inputs": {f"{name}|{i}": array for name, arrays in recorded.inputs.items()
+                             for i, array in enumerate(arrays)},
+            "shadow": dict(recorded.shadow)}
 
 
 def merge_process_passes(passes: list[Reply]) -> Reply:

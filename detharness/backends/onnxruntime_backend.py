@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -163,12 +163,30 @@ def session_options(level: str = "ORT_ENABLE_ALL", *, deterministic: bool = Fals
     return options
 
 
+def with_layers(call: Callable[..., Any], data: bytes, *, device: str, level: str, deterministic: bool,
+                torch_scopes: Mapping[str, str] | None = None, torch_fused: Sequence[str] = ()) -> Callable[..., Any]:
+    """``call`` carrying what ``--intermediates`` needs to record the model's layers: the model,
+    and a session factory that makes its sessions as this variant's was made (device, optimization
+    level, determinism); an export from torch also carries its module names."""
+
+    def make_session(model: bytes, optimized_path: str | None) -> Any:
+        return create_session(model, device=device, level=level, deterministic=deterministic,
+                              optimized_path=optimized_path)[0]
+
+    setattr(call, "onnx_bytes", data)  # noqa: B010 (an attribute of a function)
+    setattr(call, "make_session", make_session)  # noqa: B010
+    setattr(call, "torch_scopes", dict(torch_scopes or {}))  # noqa: B010
+    setattr(call, "torch_fused", list(torch_fused))  # noqa: B010
+    return call
+
+
 def create_session(
     model: bytes,
     *,
     device: str,
     level: str = "ORT_ENABLE_ALL",
     deterministic: bool = False,
+    optimized_path: str | None = None,
 ) -> tuple[onnxruntime.InferenceSession, dict[str, Any]]:
     """An ``InferenceSession`` for ``model`` on the provider for ``device``, and what it really used.
 
@@ -183,6 +201,8 @@ def create_session(
     kind, index = split_device(device)
     # Errors only: the warning printed when a provider cannot start is checked below instead.
     options = session_options(level, deterministic=deterministic)
+    if optimized_path is not None:  # where ONNX Runtime saves the graph its optimizer made
+        options.optimized_model_filepath = optimized_path
     providers: list[Any]
     if kind == "cuda":
         cuda_options: dict[str, Any] = {"device_id": index or 0}
@@ -388,4 +408,5 @@ class OnnxRuntimeBackend(Backend):
         def call(*arrays: np.ndarray) -> dict[str, np.ndarray]:
             return dict(zip(names, run_session(session, arrays), strict=True))
 
-        return call
+        return with_layers(call, data, device=spec.device, level=OPTIMIZATION_LEVELS[spec.mode],
+                           deterministic=self.deterministic)

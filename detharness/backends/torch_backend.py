@@ -313,7 +313,17 @@ class TorchBackend(Backend):
             arrays = [to_numpy(a) for a in args]
             return pytree.tree_unflatten(ort_backend.run_session(session, arrays), tree_spec)
 
-        return call
+        if exporter != "dynamo":
+            return ort_backend.with_layers(call, data, device=device, level="ORT_ENABLE_ALL",
+                                           deterministic=self.deterministic)
+        # The dynamo exporter names each node's torch module: the export's layers take the names
+        # torch eager's have, and the modules it folded away (a batch norm into a conv) are listed.
+        from detharness.backends import onnx_capture
+
+        scopes = onnx_capture.torch_scopes(model)
+        fused = onnx_capture.fused([name for name, _ in module.named_modules() if name], scopes)
+        return ort_backend.with_layers(call, data, device=device, level="ORT_ENABLE_ALL",
+                                       deterministic=self.deterministic, torch_scopes=scopes, torch_fused=fused)
 
     def export_onnx(
         self,
