@@ -73,7 +73,9 @@ def accuracy_line(r: Mapping[str, Any]) -> str | None:
     from detharness.compare.accuracy import reading_text
 
     floats = {**acc, **{k: _float(acc.get(k)) for k in ("candidate_error", "baseline_error", "ratio")}}
-    cand, base = _side(r.get("variant")), _side(acc.get("baseline"))
+    # Across bundles the sides are the same variant in two environments: name the bundles.
+    cand = r.get("candidate_label") or _side(r.get("variant"))
+    base = r.get("baseline_label") or _side(acc.get("baseline"))
     if floats.get("reading") is None:
         if floats.get("candidate_error") is None:
             return None

@@ -123,6 +123,11 @@ def _row(index: int, r: Mapping[str, Any], figures: Mapping[int, Mapping[str, An
     plots: list[tuple[str, str, str]] = []
     if detailed and r.get("ulp_histogram") and Status(r["status"]) not in (Status.IDENTICAL, Status.SKIPPED):
         plots.append(("ulp-histogram", "ULP distances (log2 bins)", svg.histogram(r["ulp_histogram"])))
+    fd = r.get("first_divergence")
+    if detailed and isinstance(fd, Mapping) and isinstance(fd.get("curve"), list) and fd["curve"]:
+        points = [(str(row.get("layer")), _as_float(row.get("max_scaled"))) for row in fd["curve"]]
+        first = next((i for i, (name, _) in enumerate(points) if name == str(fd.get("layer"))), None)
+        plots.append(("layer-curve", "max scaled error by layer", svg.layer_curve(points, first)))
     fig = figures.get(index) if detailed else None
     if fig is not None:
         if fig.get("scatter"):
@@ -140,23 +145,28 @@ def _row(index: int, r: Mapping[str, Any], figures: Mapping[int, Mapping[str, An
         "reproduce": r.get("reproduce") if _is_failure(r) else None, "plots": plots,
         "known_reason": r.get("known_reason") or "", "detailed": detailed, "stale": r.get("stale_known") or "",
         "env_diff": [(k, v[0], v[1]) for k, v in (r.get("env_diff") or {}).items()][:12],
-        # What the measures say (accuracy against float64, decisions, shift), a sentence each, and
-        # what later capabilities add (the first diverging layer) as its fields.
-        "extras": [*[(name, text) for name, text in zip(("against float64", "decisions", "shift"),
-                                                        (accuracy_line(r), decision_line(r), shift_line(r)),
-                                                        strict=True) if text],
-                   *[(key.replace("_", " "), _pairs(r[key])) for key in _EXTRAS if r.get(key)]],
+        # What the measures and the bisection say, a sentence each.
+        "extras": [(name, text) for name, text in zip(("against float64", "decisions", "shift", "where it starts"),
+                                                      (accuracy_line(r), decision_line(r), shift_line(r),
+                                                       _divergence_line(r)), strict=True) if text],
         "notable": notable(r),
     }
 
 
-_EXTRAS = ("first_divergence",)
+def _divergence_line(r: Mapping[str, Any]) -> str | None:
+    fd = r.get("first_divergence")
+    if not isinstance(fd, Mapping):
+        return None
+    from detharness.bisect import line
+
+    return line(fd)
 
 
-def _pairs(value: Any) -> str:
-    if not isinstance(value, Mapping):
-        return number(value) if not isinstance(value, (list, dict)) else str(value)
-    return " · ".join(f"{k} {number(v) if not isinstance(v, (list, dict)) else v}" for k, v in value.items())
+def _as_float(value: Any) -> float | None:
+    try:
+        return None if value is None or isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _detailed(results: list[Mapping[str, Any]]) -> set[int]:

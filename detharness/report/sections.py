@@ -162,6 +162,39 @@ def text_findings(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def divergences(report: Mapping[str, Any]) -> list[tuple[Mapping[str, Any], str]]:
+    """Results of ``bisect`` with the first layer that differs, a line each (one per variant: every
+    output of a variant shares its layers)."""
+    from detharness.bisect import line
+
+    bisected: Mapping[str, Any] = report.get("bisected") or {}
+    seen: set[str] = set()
+    out = []
+    for r in report["results"]:
+        fd = r.get("first_divergence")
+        if r["variant"] in seen or not (isinstance(fd, Mapping) or r["variant"] in bisected):
+            continue
+        seen.add(r["variant"])
+        count = fd.get("layers_compared") if isinstance(fd, Mapping) else bisected.get(r["variant"])
+        out.append((r, line(fd if isinstance(fd, Mapping) else None,
+                            layers_compared=count if isinstance(count, int) else None)))
+    return out
+
+
+def text_divergences(report: Mapping[str, Any]) -> list[str]:
+    found = divergences(report)
+    if not found:
+        return []
+    return ["", "where it starts:", *[f"  {terminal_safe(r['variant'])}: {terminal_safe(text)}" for r, text in found]]
+
+
+def markdown_divergences(report: Mapping[str, Any]) -> list[str]:
+    found = divergences(report)
+    if not found:
+        return []
+    return ["### Where it starts", "", *[f"- {md_code(r['variant'])}: {md_text(text)}" for r, text in found], ""]
+
+
 def stale_reasons(report: Mapping[str, Any]) -> list[tuple[str, int]]:
     counts: dict[str, int] = {}
     for r in report["results"]:
@@ -340,7 +373,8 @@ def markdown_skipped(report: Mapping[str, Any]) -> list[str]:
 # failure, known divergences and the N-way sections; -v adds every result and each failure in full.
 for _section in (Section("skipped-brief", text_skipped_brief, "brief"),
                  Section("failures-brief", text_failures_brief, "brief"),
-                 Section("findings", text_findings), Section("stale", text_stale),
+                 Section("findings", text_findings), Section("divergences", text_divergences),
+                 Section("stale", text_stale),
                  Section("results", text_table, "verbose"), Section("failures", text_failures, "verbose"),
                  Section("known", text_known), Section("skipped", text_skipped, "verbose"),
                  Section("n-way", text_sections)):
@@ -349,6 +383,7 @@ for _section in (Section("skipped-brief", text_skipped_brief, "brief"),
 # environments they say in a few lines what hundreds of failure rows repeat), the failures in full,
 # every result grouped by case (passing cases folded), and the reference sections last.
 for _section in (Section("summary", markdown_summary), Section("findings", markdown_findings),
+                 Section("divergences", markdown_divergences),
                  Section("stale", markdown_stale), Section("n-way", markdown_sections),
                  Section("failures", markdown_failures), Section("cases", markdown_cases),
                  Section("known", markdown_known), Section("skipped", markdown_skipped),

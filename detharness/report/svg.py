@@ -96,6 +96,36 @@ def scatter(points: Sequence[Sequence[float]], *, title: str = "|error| against 
     return _svg(body, title)
 
 
+def layer_curve(points: Sequence[tuple[str, float | None]], first: int | None, *,
+                title: str = "max scaled error by layer") -> str:
+    """The error of each layer in program order (log scale; bitwise identical layers on the axis),
+    the first that differs marked: an error that jumps at one layer started there, one that grows
+    layer by layer is inherited."""
+    plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
+    values = [v for _, v in points if v is not None and v > 0 and math.isfinite(v)]
+    y0, y1 = _log_axis(values)
+    step = plot_w / max(len(points) - 1, 1)
+
+    def sy(v: float | None) -> float:
+        if v is None or not math.isfinite(v):
+            return float(_TOP)
+        return _TOP + plot_h - (0.0 if v <= 0 else plot_h * (math.log10(v) - y0) / (y1 - y0))
+
+    path = "".join(f"{'M' if i == 0 else 'L'}{_f(_LEFT + i * step)} {_f(sy(v))}" for i, (_, v) in enumerate(points))
+    body = [f'<path d="M{_LEFT} {_TOP}V{_TOP + plot_h}H{WIDTH - _RIGHT}" class="axis"/>',
+            *[f'<text x="{_LEFT - 3}" y="{_f(sy(10.0 ** e) + 3)}" text-anchor="end" class="tick">{_power(e)}</text>'
+              for e in _ticks(y0, y1)]]
+    if path:
+        body.append(f'<path d="{path}" class="curve"/>')
+    if first is not None and 0 <= first < len(points):
+        x = _f(_LEFT + first * step)
+        body += [f'<line x1="{x}" y1="{_TOP}" x2="{x}" y2="{_TOP + plot_h}" class="mark"/>',
+                 f'<text x="{x}" y="{HEIGHT - 16}" text-anchor="middle" class="tick">{escape(points[first][0])}</text>']
+    body.append(f'<text x="{_LEFT}" y="{HEIGHT - 3}" class="label">{len(points)} layers in program order; '
+                "the line: the first that differs</text>")
+    return _svg(body, title)
+
+
 def _ticks(low: int, high: int, most: int = 5) -> list[int]:
     step = max(1, math.ceil((high - low) / most))
     return list(range(low, high + 1, step))
