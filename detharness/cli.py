@@ -252,6 +252,7 @@ def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO, arrays:
     html = [p for p in args.report if report_mod.format_for_path(p) == "html"]
     if html:  # the markdown report's cut note points at it
         report["html_report"] = display_path(html[0])
+    report["fail_on"] = [s.value for s in _fail_on(args.fail_on)]
     out.write(report_mod.render(report, args.format, verbose=args.verbose))
     for path in args.report:
         report_mod.write(report, path, arrays=arrays)
@@ -511,6 +512,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
                                  intermediates=args.intermediates)
     report = matrix.matrix_report(spec, outcomes, seconds=time.perf_counter() - start)
     arrays = matrix.array_source(outcomes)
+    report["fail_on"] = [s.value for s in fail_on]
     names = ["report.md", "report.json", "report.txt", "report.xml"]
     if report_mod.html_available():
         names.insert(0, "report.html")

@@ -99,6 +99,8 @@ def render(report: Mapping[str, Any], fmt: str, *, verbose: bool = False) -> str
     module = importlib.import_module(f"detharness.report.{FORMATS[fmt]}")
     if fmt == "text":
         return str(module.render(report, verbose=verbose))
+    if fmt == "junit":  # failures are what fails the command: its --fail-on, where it says
+        return str(module.render(report, fail_on=report.get("fail_on")))
     return str(module.render(report))
 
 

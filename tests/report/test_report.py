@@ -193,3 +193,13 @@ def test_a_stale_known_divergence_says_remove_it_in_text_and_markdown() -> None:
         report.render(built, "text")
     md = report.render(built, "md")
     assert "### Stale known divergences" in md and "remove these declarations" in md and "| old reason" in md
+
+
+def test_junit_failures_follow_the_commands_fail_on() -> None:
+    import xml.etree.ElementTree as ET
+
+    built = _report()
+    default = ET.fromstring(report.render(built, "junit"))
+    assert default.get("failures") == "1"
+    lenient = ET.fromstring(report.render({**built, "fail_on": ["error"]}, "junit"))
+    assert lenient.get("failures") == "0"  # exit 0 under --fail-on error: no red test either
