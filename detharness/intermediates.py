@@ -11,7 +11,8 @@ layer's output captured, in program order:
   output on a copy of the model (:mod:`detharness.backends.onnx_capture`); an export's node
   outputs are named by the torch module that produced them, so torch eager and its export compare
   layer by layer, and modules the exporter folded away are listed as fused;
-- jax: not recorded yet (a note says so).
+- jax: the jaxpr evaluated equation by equation (:mod:`detharness.backends.jax_capture`); where the
+  case names scopes (``jax.named_scope``) each scope's last output is a layer, else each equation's.
 
 A capture must reproduce the variant's recorded outputs bitwise, or its layers are marked
 approximate (hooks can make torch leave a fused kernel; exposed outputs can block an ONNX Runtime
@@ -99,8 +100,29 @@ def record(backend: Any, obj: Any, spec: Any, call: Any, inputs: Sequence[Any], 
             recorded.shadow = torch_capture.shadow(obj, shadow_inputs, to_tensor=to_tensor,
                                                    to_numpy=backend.to_numpy, notes=recorded.notes)
         return recorded
+    if backend.name == "jax":
+        return _record_jax(obj, inputs, outputs, max_bytes=max_bytes)
     return Recorded(notes=[f"layers of {backend.name} {spec.mode} variants are not recorded yet"],
                     kind=backend.name)
+
+
+def _record_jax(fn: Any, inputs: Sequence[Any], outputs: Mapping[str, np.ndarray], *, max_bytes: int) -> Recorded:
+    """The jaxpr evaluated equation by equation; where the case names scopes (``jax.named_scope``)
+    the last output of each scope is a layer, else every equation is. Evaluated op by op, jax can
+    round otherwise than the jitted program: unless the capture reproduces the recorded outputs
+    bitwise, the layers are marked approximate."""
+    from detharness.backends import jax_capture
+
+    captured = jax_capture.capture(fn, tuple(inputs), max_bytes=max_bytes)
+    scoped = jax_capture.scoped_layers(captured)
+    recorded = Recorded(layers=[(name, np.asarray(a)) for name, a in (scoped or captured.layers)],
+                        notes=list(captured.notes), dropped=captured.dropped, kind="jax")
+    # jax flattens a dict of outputs in key order.
+    if not jax_capture.reproduces(captured, [outputs[name] for name in sorted(outputs)]):
+        recorded.approximate = True
+        recorded.notes.append("evaluated equation by equation, jax rounds otherwise than the jitted program: "
+                              "the layers are approximate")
+    return recorded
 
 
 def _record_onnx(backend: Any, model: Any, make_session: Any, call: Any, inputs: Sequence[Any],

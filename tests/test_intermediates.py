@@ -140,3 +140,46 @@ def test_bundles_without_layers_are_refused(tmp_path: Path) -> None:
     done = run_cli("bisect", str(plain), str(plain), cwd=tmp_path)
     assert done.returncode == 2
     assert "no variant has recorded layers in both bundles (run them with --intermediates)" in done.stderr
+
+
+JAX_SCOPED = """
+    import numpy as np
+
+    from detharness import case
+
+    c = case("jx/two_blocks", inputs=lambda rng: {"x": rng.standard_normal((8, 16)).astype("float32")},
+             params=lambda rng: {"w": (rng.standard_normal((16, 16)) / 4).astype("float32")}, intermediates=True)
+
+    @c.impl("numpy", backend="numpy", reference=True, dtypes=("float64",))
+    def _(x, params):
+        return {"y": np.tanh(np.tanh(x @ params["w"]) @ params["w"])}
+
+    @c.impl("jax", backend="jax", module=True, dtypes=("float32",), devices=("cpu",))
+    def _(params):
+        import jax
+        import jax.numpy as jnp
+
+        def model(x):
+            with jax.named_scope("block0"):
+                h = jnp.tanh(x @ params["w"])
+            with jax.named_scope("block1"):
+                return jnp.tanh(h @ params["w"])
+
+        return model
+"""
+
+
+def test_a_case_asks_for_its_layers_and_jax_names_them_by_scope(tmp_path: Path) -> None:
+    pytest.importorskip("jax")
+    cases = write_cases(tmp_path, JAX_SCOPED)
+    out = tmp_path / "J"
+    done = run_cli("run", "--cases", str(cases), "--out", str(out), "--in-process", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    entry = json.loads((out / "manifest.json").read_text())["variants"]["jx/two_blocks[jax:cpu:float32:jit]"]
+    names = [layer["name"] for layer in entry["intermediates"]["layers"]]
+    assert names == ["block0", "block1"]
+    info = entry["intermediates"]["info"]
+    assert info["kind"] == "jax"
+    # Op by op, jax may round otherwise than jit: the capture says which it was, never silently.
+    assert info["approximate"] is not None
+    assert info["approximate"] == any("approximate" in note for note in info["notes"])
