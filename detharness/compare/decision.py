@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from detharness.compare.tolerance import format_number
+from detharness.compare.tolerance import TokenParser, floor_share, format_number
 from detharness.errors import DtypeError, UsageError
 
 RULES = ("argmax", "topk", "threshold", "sign")
@@ -120,7 +120,7 @@ class Decision:
 
     def allowed_flips(self, total: int) -> int:
         """How many of ``total`` decisions may flip: ``floor(budget * total)``, exactly."""
-        return math.floor(Fraction(repr(self.budget)) * total)
+        return floor_share(self.budget, total)
 
 
 _TOKEN = re.compile(
@@ -128,97 +128,55 @@ _TOKEN = re.compile(
 )
 
 
-class _Parser:
+class _Parser(TokenParser):
     """Reads the grammar in the module docstring, token by token."""
 
     def __init__(self, text: str) -> None:
-        self.text = text
-        self.tokens: list[tuple[str, str, int]] = []
-        position = 0
-        while True:
-            while position < len(text) and text[position].isspace():
-                position += 1
-            if position == len(text):
-                break
-            match = _TOKEN.match(text, position)
-            if match is None:
-                raise self._error(f"unexpected {text[position]!r}", position)
-            kind = match.lastgroup or ""
-            self.tokens.append((kind, match.group(kind), match.start(kind)))
-            position = match.end()
-        self.index = 0
+        super().__init__(text, _TOKEN)
 
-    def _error(self, what: str, position: int | None = None) -> DecisionError:
-        if position is None:
-            position = self.tokens[self.index][2] if self.index < len(self.tokens) else len(self.text)
+    def _error(self, what: str, position: int) -> DecisionError:
         return DecisionError(
             f"cannot parse decision {self.text!r}: {what} at position {position}; expected "
             "'argmax', 'topk(K)', 'threshold(T)' or 'sign', optionally followed by '@ 0.01' or '@ 1%'"
         )
 
-    def _peek(self) -> tuple[str, str, int] | None:
-        return self.tokens[self.index] if self.index < len(self.tokens) else None
-
-    def _describe_next(self) -> str:
-        token = self._peek()
-        return "end of text" if token is None else repr(token[1])
-
-    def _accept(self, symbol: str) -> bool:
-        token = self._peek()
-        if token is not None and token[0] == "symbol" and token[1] == symbol:
-            self.index += 1
-            return True
-        return False
-
-    def _expect(self, symbol: str) -> None:
-        if not self._accept(symbol):
-            raise self._error(f"expected {symbol!r} but found {self._describe_next()}")
-
-    def _number(self, what: str) -> tuple[str, int]:
-        token = self._peek()
-        if token is None or token[0] != "number":
-            raise self._error(f"expected {what} but found {self._describe_next()}")
-        self.index += 1
-        return token[1], token[2]
-
     def decision(self) -> Decision:
         token = self._peek()
         if token is None:
-            raise self._error("empty text")
+            self._fail("empty text")
         if token[0] != "word":
-            raise self._error(f"expected a rule but found {token[1]!r}")
+            self._fail(f"expected a rule but found {token[1]!r}")
         name = token[1].lower()
         self.index += 1
         k: int | None = None
         threshold: float | None = None
         if name == "topk":
             self._expect("(")
-            k_text, position = self._number("a whole number K")
+            k_text = self._number("a whole number K")
             if not k_text.lstrip("+").isdigit() or int(k_text) < 1:
-                raise self._error(f"topk() takes a whole number K >= 1, got {k_text}", position)
+                self._fail(f"topk() takes a whole number K >= 1, got {k_text}", self.number_position)
             k = int(k_text)
             self._expect(")")
         elif name == "threshold":
             self._expect("(")
-            t_text, position = self._number("a number T")
+            t_text = self._number("a number T")
             threshold = float(t_text)
             if not math.isfinite(threshold):
-                raise self._error(f"threshold() takes a finite number, got {t_text}", position)
+                self._fail(f"threshold() takes a finite number, got {t_text}", self.number_position)
             self._expect(")")
         elif name not in RULES:
-            raise self._error(f"unknown rule {token[1]!r}", token[2])
+            self._fail(f"unknown rule {token[1]!r}", token[2])
         budget = 0.0
         if self._accept("@"):
-            budget_text, position = self._number("a fraction of decisions")
+            budget_text = self._number("a fraction of decisions")
+            position = self.number_position
             budget = float(budget_text)
             if self._accept("%"):
                 budget = float(Fraction(budget_text) / 100)
             if not 0.0 <= budget <= 1.0:
-                raise self._error(
-                    f"the allowed fraction must be between 0 and 1 (0% and 100%), got {budget_text}", position
-                )
+                self._fail(f"the allowed fraction must be between 0 and 1 (0% and 100%), got {budget_text}", position)
         if self._peek() is not None:
-            raise self._error(f"unexpected {self._describe_next()}")
+            self._fail(f"unexpected {self._describe_next()}")
         return Decision(name, k, threshold, budget)
 
 

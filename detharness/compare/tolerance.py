@@ -41,6 +41,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import NoReturn
 
 from detharness.dtypes import ALL_DTYPES
 from detharness.errors import DtypeError, ToleranceError
@@ -286,8 +287,7 @@ class Tolerance:
 
     def allowed_mismatches(self, total: int) -> int:
         """How many of ``total`` elements may miss the rule: ``floor(fraction * total)``, exactly."""
-        # Fraction(str) is exact: 0.29 * 100 in floats is 28.999..., which would floor to 28.
-        return math.floor(Fraction(repr(self.fraction)) * total)
+        return floor_share(self.fraction, total)
 
 
 _TOKEN = re.compile(
@@ -295,10 +295,18 @@ _TOKEN = re.compile(
 )
 
 
-class _Parser:
-    """Recursive descent over the grammar in the module docstring."""
+def floor_share(fraction: float, total: int) -> int:
+    """``floor(fraction * total)``, exactly: ``Fraction(repr(0.29)) * 100`` is 29 where floats give
+    28.999... (the rounding of tolerance fractions and decision budgets alike)."""
+    return math.floor(Fraction(repr(fraction)) * total)
 
-    def __init__(self, text: str) -> None:
+
+class TokenParser:
+    """The scanner and the token steps of the text grammars here (tolerances, and decisions in
+    :mod:`detharness.compare.decision`): numbers, words and the symbols of ``token_re``. A
+    subclass says what a failure raises (:meth:`_error`)."""
+
+    def __init__(self, text: str, token_re: re.Pattern[str]) -> None:
         self.text = text
         self.tokens: list[tuple[str, str, int]] = []
         position = 0
@@ -307,23 +315,22 @@ class _Parser:
                 position += 1
             if position == len(text):
                 break
-            match = _TOKEN.match(text, position)
+            match = token_re.match(text, position)
             if match is None:
-                self._fail(f"unexpected {text[position]!r}", position)
-            assert match is not None
+                raise self._error(f"unexpected {text[position]!r}", position)
             kind = match.lastgroup or ""
             self.tokens.append((kind, match.group(kind), match.start(kind)))
             position = match.end()
         self.index = 0
         self.number_position = 0  # where the last number read starts, for errors about its value
 
-    def _fail(self, what: str, position: int | None = None) -> None:
+    def _error(self, what: str, position: int) -> Exception:
+        raise NotImplementedError
+
+    def _fail(self, what: str, position: int | None = None) -> NoReturn:
         if position is None:
             position = self.tokens[self.index][2] if self.index < len(self.tokens) else len(self.text)
-        raise ToleranceError(
-            f"cannot parse tolerance {self.text!r}: {what} at position {position}; expected something like "
-            "'exact', 'ulp(4)', 'close(1e-5, 1e-6)', 'scaled(1e-6)', joined by | or &, optionally '@ 0.001'"
-        )
+        raise self._error(what, position)
 
     def _peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.index] if self.index < len(self.tokens) else None
@@ -347,10 +354,22 @@ class _Parser:
         token = self._peek()
         if token is None or token[0] != "number":
             self._fail(f"expected {what} but found {self._describe_next()}")
-        assert token is not None
         self.index += 1
         self.number_position = token[2]
         return token[1]
+
+
+class _Parser(TokenParser):
+    """Recursive descent over the grammar in the module docstring."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text, _TOKEN)
+
+    def _error(self, what: str, position: int) -> Exception:
+        return ToleranceError(
+            f"cannot parse tolerance {self.text!r}: {what} at position {position}; expected something like "
+            "'exact', 'ulp(4)', 'close(1e-5, 1e-6)', 'scaled(1e-6)', joined by | or &, optionally '@ 0.001'"
+        )
 
     def tolerance(self) -> Tolerance:
         if not self.tokens:
