@@ -254,8 +254,12 @@ def _emit(report: dict[str, Any], args: argparse.Namespace, out: TextIO, arrays:
         report["html_report"] = display_path(html[0])
     report["fail_on"] = [s.value for s in _fail_on(args.fail_on)]
     out.write(report_mod.render(report, args.format, verbose=args.verbose))
-    for path in args.report:
-        report_mod.write(report, path, arrays=arrays)
+    path = ""
+    try:
+        for path in args.report:
+            report_mod.write(report, path, arrays=arrays)
+    except OSError as exc:  # a folder that cannot be made or written: one line, what was written stays
+        raise UsageError(f"--report {path}: {exc.strerror or exc}") from None
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
@@ -465,7 +469,10 @@ def cmd_tolerances(args: argparse.Namespace, out: TextIO) -> int:
     out.write(tolerances.main_table(records, margin=args.margin, fmt=args.format).rstrip("\n") + "\n")
     if args.write:
         suggestions = tolerances.suggest(tolerances.needed(records), margin=args.margin)
-        tolerances.write(args.write, suggestions)
+        try:
+            tolerances.write(args.write, suggestions)
+        except OSError as exc:
+            raise UsageError(f"--write {args.write}: {exc.strerror or exc}") from None
         if args.format != "json":
             out.write(f"wrote {display_path(args.write)}: load it with "
                       f"case(..., tolerance=from_file({display_path(args.write)!r}, CASE_ID))\n")

@@ -501,6 +501,7 @@ def write(path: str | Path, suggestions: Mapping[str, Mapping[str, str]]) -> Pat
     for case_id in sorted(suggestions):
         data[case_id] = {key: str(text) for key, text in suggestions[case_id].items()}
     target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, json_dumps(data, indent=2) + "\n")
     return target
 

@@ -495,3 +495,24 @@ def test_a_reproduce_line_of_home_folder_cases_runs_when_pasted_elsewhere(tmp_pa
     pasted = subprocess.run(["sh", "-c", line], cwd=third, capture_output=True, text=True, env=env)
     assert pasted.returncode == 1, pasted.stdout + pasted.stderr  # the variant's error, run again
     assert "bad shape in the serving code" in pasted.stdout
+
+
+def test_a_report_or_tolerances_file_that_cannot_be_written_is_one_line_and_exit_2(small_cases: Path,
+                                                                                    tmp_path: Path) -> None:
+    bundle = tmp_path / "A"
+    assert run_cli("run", "--cases", str(small_cases), "-k", "numpy", "--out", str(bundle),
+                   "--in-process").returncode == 0
+    (tmp_path / "taken.html").mkdir()
+    for args, message in [
+        (["report", str(bundle), "--report", str(tmp_path / "taken.html")], "Is a directory"),
+        (["report", str(bundle), "--report", "/proc/no/such/r.md"], "No such file or directory"),
+        (["tolerances", str(bundle), "--write", "/proc/no/such/t.json"], "No such file or directory"),
+    ]:
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith("detharness: error: ") and message in done.stderr
+        assert done.stderr.count("\n") == 1
+    # What could be written was: a second --report after the bad one is not reached, the first is.
+    done = run_cli("report", str(bundle), "--report", str(tmp_path / "ok.md"), "--report",
+                   str(tmp_path / "taken.html"), cwd=tmp_path)
+    assert done.returncode == 2 and (tmp_path / "ok.md").exists()
