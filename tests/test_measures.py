@@ -172,3 +172,10 @@ def test_the_tolerance_in_force_sizes_the_near_ties() -> None:
     assert allowed_error("ulp(2)", expected, np.dtype("float32")) == pytest.approx(2 * 2.0**-23 * np.abs(expected))
     assert allowed_error("ulp(1) | close(0, 0.5)", expected, np.dtype("float32")) == pytest.approx([0.5, 0.5, 0.5])
     assert allowed_error(None, expected, np.dtype("float32")) is None
+
+
+def test_a_decision_for_an_output_the_case_does_not_have_is_said(tmp_path: Path) -> None:
+    _, report = _run(tmp_path, FLIP_CASES.replace('decisions={"logits": "argmax"}', 'decisions={"logit": "argmax"}'))
+    result = _by_impl(report)["served:float32"]
+    assert result["status"] == "close" and result["decision"] is None
+    assert "decisions declared for outputs this variant does not have: 'logit'" in result["message"]

@@ -94,10 +94,16 @@ def judged(check: str, case_id: str, case: CaseRecord | None, variant: str, verd
     known divergences applied (a declaration can cover a ``flipped`` result too)."""
     from detharness.checks.measures import annotate
 
-    return [apply_known(annotate(result, case, expected, actual, oracle=oracle, reproduce=reproduce),
-                        case, environment)
-            for result in verdict_results(check, case_id, variant, verdict, baseline=baseline, candidate=candidate,
-                                          reproduce=reproduce, env_diff=env_diff)]
+    results = [apply_known(annotate(result, case, expected, actual, oracle=oracle, reproduce=reproduce),
+                           case, environment)
+               for result in verdict_results(check, case_id, variant, verdict, baseline=baseline,
+                                             candidate=candidate, reproduce=reproduce, env_diff=env_diff)]
+    # A decision declared for an output the variant does not have would never be judged: say so.
+    unknown = sorted(set(case.decisions) - set(actual)) if case is not None and actual else []
+    if unknown and results:
+        results[0] = results[0].replace(message=f"{results[0].message}\n  decisions declared for outputs this "
+                                                f"variant does not have: {', '.join(map(repr, unknown))}")
+    return results
 
 
 def float64_reference(record: RunRecord, case: CaseRecord | None) -> VariantRecord | None:
