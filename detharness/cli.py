@@ -1,4 +1,4 @@
-"""The ``detharness`` command: list, env, run, compare, report, bisect, tolerances, matrix.
+"""The ``detharness`` command: list, env, run, merge, compare, report, bisect, tolerances, matrix.
 
 Exit codes: 0 nothing in ``--fail-on`` happened; 1 something did; 2 bad usage or unusable input
 (one line on stderr, no traceback); 3 an internal error (a bug in detharness); 130 interrupted
@@ -96,10 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Replace the bundle already in --out DIR (the new one is swapped in only when complete; a "
                         "folder that is not a bundle is still refused)")
     p.add_argument("--in-process", action="store_true", help="Run everything in this process (for debugging)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="Run only shard I of N of the selection (a stable, balanced share whole cases at a time; "
+                        "every runner computes the same split); join the N bundles with detharness merge")
     p.add_argument("--intermediates", action="store_true",
                    help="Also record the output of every layer of model variants (torch modules, ONNX models), "
                         "for detharness bisect; with --inputs-from a bundle that has them, each layer is also re-run "
                         "on the baseline's inputs to it (the error it introduces itself)")
+    _add_output(p)
+
+    p = sub.add_parser("merge", help="Join the bundles of every shard of one run (run --shard I/N) into one bundle, "
+                                     "as an unsharded run writes it, and rerun the run's checks on it")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="The shard bundles, one of each shard")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="Write the merged bundle into this folder: a new or empty one (or, with --replace, one "
+                        "holding a bundle)")
+    p.add_argument("--replace", action="store_true", help="Replace the bundle already in --out DIR")
     _add_output(p)
 
     p = sub.add_parser("compare", help="Compare bundles from different environments")
@@ -281,6 +293,11 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     _check_report_paths(args)
     if args.replace and not args.out:
         raise UsageError("--replace needs --out DIR")
+    shard = None
+    if args.shard is not None:
+        from detharness.shard import parse_shard
+
+        shard = parse_shard(args.shard)
     lock = None
     if args.out:
         # Refused before anything runs; checked again once this run holds the folder's lock.
@@ -295,9 +312,10 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                              backends=_comma_list(args.backend), device=args.device, repeat=args.repeat,
                              repeat_processes=args.repeat_processes, checks=asked, deterministic=args.deterministic,
                              timeout=args.timeout, inputs_from=replay, in_process=args.in_process,
-                             progress=_progress(sys.stderr), intermediates=args.intermediates)
+                             progress=_progress(sys.stderr), intermediates=args.intermediates, shard=shard)
         record = run(options)
-        if not record.variants:
+        empty_shard = bool(shard and not record.variants and record.options["shard"]["selected"])
+        if not record.variants and not empty_shard:
             raise UsageError(f"{_selection_text(args)} selects no variant; `detharness list` with the same "
                              "options shows what there is")
         results = checks.run_checks(record, wanted)
@@ -314,6 +332,44 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     _emit(report, args, out, arrays=report_mod.ArraySource(default=record))
     if not args.out and args.format != "json":  # JSON says it with "bundle": null
         out.write(f"{NO_BUNDLE}\n")
+    if empty_shard:
+        sys.stderr.write(f"detharness: note: shard {args.shard.strip()} of this selection is empty: nothing to run "
+                         "(there are fewer cases than shards)\n")
+    return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace, out: TextIO) -> int:
+    """One bundle from the bundles of every shard of one run, equal to what the unsharded run
+    writes: the union of the shards' cases, variants and fingerprints, with the run's checks rerun
+    on it. Any doubt about the set of shards is a refusal (exit 2, one line), never a partial merge."""
+    from pathlib import Path
+
+    from detharness import checks, locking
+    from detharness import merge as merge_mod
+    from detharness import record as record_mod
+    from detharness import report as report_mod
+    from detharness.results import failed
+
+    fail_on = _fail_on(args.fail_on)
+    _check_report_paths(args)
+    target = Path(args.out).absolute()
+    for path in args.bundles:
+        if Path(path).absolute() == target:
+            raise UsageError(f"merge: --out {args.out} is one of the shard bundles; choose a new folder")
+    locking.check_out_folder(args.out, replace=args.replace)
+    start = time.perf_counter()
+    records = [record_mod.load(path) for path in args.bundles]
+    record, wanted = merge_mod.merge_shards(records, [display_path(p) for p in args.bundles])
+    results = checks.run_checks(record, wanted)
+    record.verdicts = results
+    with locking.BundleLock(args.out) as lock:
+        locking.check_out_folder(args.out, replace=args.replace)
+        _save_locked(record, args.out, lock)
+    report = report_mod.build(results, {record.environment_id: record.environment}, title="detharness merge",
+                              seconds=time.perf_counter() - start,
+                              extra={"bundle": display_path(args.out), "shards": [display_path(p) for p in args.bundles],
+                                     "variants": _variant_summary(record)})
+    _emit(report, args, out, arrays=report_mod.ArraySource(default=record))
     return EXIT_FAILED if failed(results, fail_on) else EXIT_OK
 
 
@@ -530,8 +586,8 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if any(Status(r["status"]) in fail_on for r in report["results"]) else EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "compare": cmd_compare, "report": cmd_report,
-            "tolerances": cmd_tolerances, "bisect": cmd_bisect, "matrix": cmd_matrix}
+COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "merge": cmd_merge, "compare": cmd_compare,
+            "report": cmd_report, "tolerances": cmd_tolerances, "bisect": cmd_bisect, "matrix": cmd_matrix}
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:

@@ -38,7 +38,7 @@ from detharness import roundtrip as rt
 from detharness.backends import Backend, UnsupportedVariant, VariantSpec, get_backend, load_backend, state
 from detharness.backends.base import jsonable
 from detharness.cases import Case, Context, Registry, Variant, discover, display_path
-from detharness.checks import CHECKS, Plan, checks_for, needed
+from detharness.checks import CHECKS, RUN_CHECKS, Plan, checks_for, needed
 from detharness.dtypes import cast_floats
 from detharness.errors import BackendError, CaseError, UsageError
 from detharness.record import CaseRecord, RunRecord, VariantRecord, digest_arrays
@@ -71,6 +71,8 @@ class RunOptions:
     intermediates: bool = False
     #: Only these variant ids (``bisect --variant --against``), and nothing they would need.
     only_ids: list[str] = field(default_factory=list)
+    #: ``(I, N)``: run only shard I of N of the selection (``--shard I/N``; see :mod:`detharness.shard`).
+    shard: tuple[int, int] | None = None
 
     @property
     def plan(self) -> Plan:
@@ -653,6 +655,40 @@ def validate(options: RunOptions) -> None:
     unknown = [c for c in options.checks if c not in CHECKS]
     if unknown:
         raise UsageError(f"--check {unknown[0]!r}: choose from {', '.join(CHECKS)}")
+    if options.shard is not None:
+        from detharness.shard import check_shard
+
+        check_shard(*options.shard)
+
+
+def selection_settings(variants: Sequence[Variant], options: RunOptions) -> dict[str, Any]:
+    """What, besides the variant ids, makes two runs of one selection different runs: the settings
+    that change results, the cases' fingerprints (their code) and the replayed inputs."""
+    replay = options.inputs_from
+    return {
+        "checks": sorted(options.checks or RUN_CHECKS), "device": options.device, "repeat": options.repeat,
+        "repeat_processes": options.repeat_processes, "deterministic": options.deterministic,
+        "intermediates": options.intermediates,
+        "cases": {c.id: c.fingerprint for c in {v.case.id: v.case for v in variants}.values()},
+        "inputs_from": None if replay is None else {"environment_id": replay.environment_id, "created": replay.created,
+                                                    "cases": {cid: c.inputs_digest for cid, c in replay.cases.items()}},
+    }
+
+
+def take_shard(variants: list[Variant], options: RunOptions) -> tuple[list[Variant], dict[str, Any], dict[str, int]]:
+    """The variants of shard ``options.shard`` (in selection order), what the run records of the
+    shard (``options["shard"]``) and each taken variant's position in the whole selection."""
+    from detharness import shard as shard_mod
+
+    assert options.shard is not None
+    index, count = options.shard
+    units = shard_mod.unit_costs((v.case.id, v.id, v.impl.backend) for v in variants)
+    mine = set(shard_mod.partition(units, count)[index - 1])
+    info = {"index": index, "count": count,
+            "selection": shard_mod.selection_hash((v.id for v in variants), selection_settings(variants, options)),
+            "checks": list(options.checks or RUN_CHECKS), "selected": len(variants), "cases": sorted(mine)}
+    positions = {v.id: i for i, v in enumerate(variants) if v.case.id in mine}
+    return [v for v in variants if v.id in positions], info, positions
 
 
 def run(options: RunOptions) -> RunRecord:
@@ -660,6 +696,10 @@ def run(options: RunOptions) -> RunRecord:
     validate(options)
     registry = discover(options.case_paths or None)
     variants = needed(select_variants(registry, options), options.plan, options.checks or None)
+    shard: dict[str, Any] | None = None
+    positions: dict[str, int] = {}
+    if options.shard is not None:
+        variants, shard, positions = take_shard(variants, options)
 
     cases: dict[str, CaseRecord] = {}
     arrays: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
@@ -716,10 +756,13 @@ def run(options: RunOptions) -> RunRecord:
 
     environment = dict(sorted(env_mod.merge(env_mod.fingerprint(), fingerprint).items()))
     record = RunRecord(environment=environment, environment_id=env_mod.environment_id(environment),
-                       cases=cases, options=_options_json(options))
+                       cases=cases, options={**_options_json(options), "shard": shard})
     for v in variants:
         per_pass = [p.get(v.id) or Reply.failure(v.id, "no result (worker lost)") for p in passes]
         record.variants[v.id] = variant_record(v, merge_process_passes(per_pass) if len(per_pass) > 1 else per_pass[0])
+        if shard is not None:
+            record.variants[v.id].shard = {"index": shard["index"], "count": shard["count"],
+                                           "selection": shard["selection"], "position": positions[v.id]}
     return record
 
 
