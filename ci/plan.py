@@ -4,8 +4,13 @@
 Inputs (environment variables, empty when unset):
   DH_GPU_RUNNER        runner label of a machine with an NVIDIA GPU; empty: no GPU job
   DH_VERSION_PROFILES  "true": also run each version set of ci/pins (numpy-2.2.txt, ...) on both CPUs
-Each job gets a unique name, which names its bundle folder and its artifact (bundle-<name>).
-Standard library only: it runs before anything is installed.
+  DH_SHARDS            N, how many jobs share each environment's variants (detharness run --shard I/N);
+                       empty or 1: one job per environment, as before sharding existed
+Each job gets a unique name, which names its bundle folder and its artifact (bundle-<name>). With N > 1
+an environment <env> becomes N jobs <env>-shard-1 ... <env>-shard-N, each with ``env`` (the environment's
+name) and ``shard`` ("I/N"; empty without sharding); the compare job merges each environment's shards into
+bundle-<env> (ci/merge-shards.sh) before it compares.
+Standard library only: it runs before anything is installed. Exit 2 with one line on a bad DH_SHARDS.
 """
 
 from __future__ import annotations
@@ -19,6 +24,26 @@ PINS = Path(__file__).resolve().parent / "pins"
 CPU_RUNNERS = (("cpu-x86_64", "ubuntu-latest"), ("cpu-arm64", "ubuntu-24.04-arm"))
 # The base pin sets; every other pins file is a version set laid over cpu.txt.
 BASE_PINS = ("cpu.txt", "cuda.txt")
+# GitHub runs at most 256 jobs from one matrix.
+MAX_JOBS = 256
+
+
+def parse_shards(text: str) -> int:
+    """DH_SHARDS as a count: empty means 1; anything but a whole number from 1 up is refused."""
+    text = text.strip()
+    if not text:
+        return 1
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ValueError(f"DH_SHARDS must be a whole number from 1 up, not {text!r}")
+    return int(text)
+
+
+def shard(jobs: list[dict[str, str]], shards: int) -> list[dict[str, str]]:
+    """Each environment's job as ``shards`` jobs; with 1, the jobs as they are (names and artifacts unchanged)."""
+    if shards == 1:
+        return [{**job, "env": job["name"], "shard": ""} for job in jobs]
+    return [{**job, "name": f"{job['name']}-shard-{index}", "env": job["name"], "shard": f"{index}/{shards}"}
+            for job in jobs for index in range(1, shards + 1)]
 
 
 def plan(gpu_runner: str, version_profiles: bool) -> list[dict[str, str]]:
@@ -39,7 +64,16 @@ def plan(gpu_runner: str, version_profiles: bool) -> list[dict[str, str]]:
 
 
 def main() -> int:
-    jobs = plan(os.environ.get("DH_GPU_RUNNER", ""), os.environ.get("DH_VERSION_PROFILES", "").lower() == "true")
+    try:
+        shards = parse_shards(os.environ.get("DH_SHARDS", ""))
+    except ValueError as error:
+        print(f"plan.py: {error}", file=sys.stderr)
+        return 2
+    jobs = shard(plan(os.environ.get("DH_GPU_RUNNER", ""), os.environ.get("DH_VERSION_PROFILES", "").lower() == "true"),
+                 shards)
+    if len(jobs) > MAX_JOBS:
+        print(f"plan.py: {len(jobs)} jobs, over GitHub's {MAX_JOBS} per matrix: ask for fewer shards", file=sys.stderr)
+        return 2
     line = "include=" + json.dumps(jobs, separators=(",", ":"))
     output = os.environ.get("GITHUB_OUTPUT")
     if output:

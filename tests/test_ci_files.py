@@ -398,3 +398,361 @@ def test_gpu_check_collects_only_case_items_where_hypothesis_and_onnx_are_missin
     collected = [line for line in done.stdout.splitlines() if "::" in line or line.startswith("detharness")]
     assert collected and all(":cuda:" in line for line in collected)
     assert "hypothesis" not in done.stdout and "error" not in done.stdout.lower()
+
+
+# --- Shards in the workflow: ci/plan.py's matrix, ci/run-job.sh's --shard, ci/merge-shards.sh -------------
+
+
+def test_plan_shards_each_environment_into_n_jobs_and_keeps_one_job_without_shards() -> None:
+    plain = run_plan()
+    assert run_plan(DH_SHARDS="1") == plain == run_plan(DH_SHARDS="")  # N = 1: the jobs and artifacts of old
+    assert [(j["name"], j["env"], j["shard"]) for j in plain] == [("cpu-x86_64", "cpu-x86_64", ""),
+                                                                ("cpu-arm64", "cpu-arm64", "")]
+    jobs = run_plan(DH_SHARDS="3", DH_GPU_RUNNER="gpu-h100", DH_VERSION_PROFILES="true")
+    names = [j["name"] for j in jobs]
+    assert len(names) == len(set(names))  # one artifact per job: bundle-<name>
+    envs = {j["env"] for j in jobs}
+    assert envs == {j["name"] for j in run_plan(DH_GPU_RUNNER="gpu-h100", DH_VERSION_PROFILES="true")}
+    for env in envs:
+        mine = [j for j in jobs if j["env"] == env]
+        assert [j["shard"] for j in mine] == ["1/3", "2/3", "3/3"]  # 3 entries, distinct shard numbers
+        assert [j["name"] for j in mine] == [f"{env}-shard-{i}" for i in (1, 2, 3)]
+        assert len({(j["runner"], j["device"], j["pins"], j["overlay"]) for j in mine}) == 1  # one environment
+    for bad in ("0", "-1", "two", "1.5", "²"):
+        done = subprocess.run([sys.executable, str(ROOT / "ci" / "plan.py")], capture_output=True, text=True,
+                              env={**os.environ, "GITHUB_OUTPUT": "", "DH_SHARDS": bad})
+        assert done.returncode == 2 and "DH_SHARDS must be a whole number from 1 up" in done.stderr, bad
+    done = subprocess.run([sys.executable, str(ROOT / "ci" / "plan.py")], capture_output=True, text=True,
+                          env={**os.environ, "GITHUB_OUTPUT": "", "DH_SHARDS": "200"})
+    assert done.returncode == 2 and "over GitHub's 256 per matrix" in done.stderr
+
+
+def test_workflow_passes_the_shard_to_each_run_job_and_merges_before_comparing() -> None:
+    wf = load_workflow()
+    jobs = wf["jobs"]
+    assert "shards" in wf["on"]["workflow_dispatch"]["inputs"]
+    plan_env = next(s for s in jobs["plan"]["steps"] if s.get("id") == "plan")["env"]
+    assert plan_env["DH_SHARDS"] == "${{ inputs.shards || vars.DETHARNESS_SHARDS }}"
+    run_step = next(s for s in jobs["run"]["steps"] if s.get("run") == "ci/run-job.sh")
+    assert run_step["env"]["DH_SHARD"] == "${{ matrix.shard }}"
+    assert run_step["env"]["DH_JOB"] == "${{ matrix.name }}"  # bundles/<env>-shard-<I>, uploaded as bundle-<name>
+    steps = jobs["compare"]["steps"]
+    at = {s.get("run", s.get("uses", "")).split("@")[0]: i for i, s in enumerate(steps)}
+    assert at["actions/download-artifact"] < at["ci/merge-shards.sh"] < at["ci/compare.sh"]
+    assert steps[at["ci/compare.sh"]]["if"] == "${{ !cancelled() }}"  # an environment that fails to merge is left out
+    merged = next(s for s in steps if s.get("name") == "Upload the merged bundles")
+    assert merged["with"]["name"] == "merged-bundles"  # not bundle-*: the compare job's pattern must not take it
+    assert "hashFiles('shards/**/manifest.json')" in merged["if"]
+
+
+STUB_DETHARNESS = """#!/bin/sh
+# A stand-in for detharness: logs its arguments, one call a line, and makes --out a bundle.
+printf '%s\\n' "$*" >> "$STUB_LOG"
+out=""
+while [ $# -gt 0 ]; do
+  if [ "$1" = --out ]; then out="$2"; fi
+  shift
+done
+case "$out" in *"${STUB_FAIL:-//never//}"*) echo "detharness: shard 2 of 3 is missing" >&2; exit 2;; esac
+mkdir -p "$out" && echo '{}' > "$out/manifest.json"
+exit "${STUB_EXIT:-0}"
+"""
+
+
+def stub_detharness(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "detharness"
+    stub.write_text(STUB_DETHARNESS)
+    stub.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "STUB_LOG": str(tmp_path / "calls.log")}
+
+
+def stub_calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def merge_checkout(tmp_path: Path, folders: list[str]) -> Path:
+    root = tmp_path / "checkout"
+    (root / "ci").mkdir(parents=True)
+    shutil.copy2(ROOT / "ci" / "merge-shards.sh", root / "ci" / "merge-shards.sh")
+    for name in folders:
+        (root / "bundles" / name).mkdir(parents=True)
+        (root / "bundles" / name / "manifest.json").write_text("{}")
+    return root
+
+
+def test_merge_shards_calls_detharness_merge_once_per_environment_with_its_shards(tmp_path: Path) -> None:
+    envs = ("cpu-x86_64", "cpu-x86_64-numpy-2.2", "gpu-cuda")  # one name is the start of another
+    root = merge_checkout(tmp_path, [f"bundle-{env}-shard-{i}" for env in envs for i in (3, 1, 2)])
+    summary = tmp_path / "summary.md"
+    done = subprocess.run(["bash", str(root / "ci" / "merge-shards.sh")], capture_output=True, text=True, timeout=60,
+                          env={**stub_detharness(tmp_path), "GITHUB_STEP_SUMMARY": str(summary)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = sorted(stub_calls(tmp_path))
+    assert calls == sorted(f"merge {' '.join(f'shards/bundle-{env}-shard-{i}' for i in (1, 2, 3))} --out bundles/bundle-{env}"
+                           for env in envs)
+    # bundles/ holds one bundle per environment, where ci/compare.sh looks; the shards are out of its way.
+    assert sorted(p.name for p in (root / "bundles").iterdir()) == [f"bundle-{env}" for env in envs]
+    assert len(list((root / "shards").iterdir())) == 9
+    assert not summary.exists()  # nothing went wrong: nothing to say in the summary
+
+
+def test_merge_shards_orders_shards_by_number_and_does_nothing_without_shards(tmp_path: Path) -> None:
+    root = merge_checkout(tmp_path, [f"bundle-cpu-arm64-shard-{i}" for i in range(1, 12)])
+    env = stub_detharness(tmp_path)
+    done = subprocess.run(["bash", str(root / "ci" / "merge-shards.sh")], capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    (call,) = stub_calls(tmp_path)
+    assert call.split()[1:-2] == [f"shards/bundle-cpu-arm64-shard-{i}" for i in range(1, 12)]
+    plain = merge_checkout(tmp_path / "plain", ["bundle-cpu-x86_64", "bundle-cpu-arm64"])
+    done = subprocess.run(["bash", str(plain / "ci" / "merge-shards.sh")], capture_output=True, text=True, timeout=60,
+                          env={**env, "STUB_LOG": str(tmp_path / "plain" / "calls.log")})
+    assert done.returncode == 0 and "nothing to merge" in done.stdout
+    assert stub_calls(tmp_path / "plain") == []  # N = 1: the compare job runs as it always did
+    assert sorted(p.name for p in (plain / "bundles").iterdir()) == ["bundle-cpu-arm64", "bundle-cpu-x86_64"]
+    assert not (plain / "shards").exists()
+
+
+def test_merge_shards_leaves_out_an_environment_it_cannot_merge_and_merges_the_rest(tmp_path: Path) -> None:
+    root = merge_checkout(tmp_path, [f"bundle-{env}-shard-{i}" for env in ("cpu-x86_64", "cpu-arm64") for i in (1, 3)])
+    summary = tmp_path / "summary.md"
+    done = subprocess.run(["bash", str(root / "ci" / "merge-shards.sh")], capture_output=True, text=True, timeout=60,
+                          env={**stub_detharness(tmp_path), "STUB_FAIL": "bundle-cpu-arm64",
+                               "GITHUB_STEP_SUMMARY": str(summary)})
+    assert done.returncode == 1
+    assert "detharness: shard 2 of 3 is missing" in done.stderr
+    assert len(stub_calls(tmp_path)) == 2
+    assert sorted(p.name for p in (root / "bundles").iterdir()) == ["bundle-cpu-x86_64"]
+    assert "the 2 shard(s) of cpu-arm64 could not be merged (detharness merge exit 2)" in summary.read_text()
+
+
+def test_run_job_script_passes_the_shard(tmp_path: Path) -> None:
+    root = copy_ci(tmp_path / "checkout")
+    env = stub_detharness(tmp_path)
+    done = subprocess.run(["bash", str(root / "ci" / "run-job.sh")], capture_output=True, text=True, timeout=60,
+                          env={**env, "DH_JOB": "cpu-x86_64-shard-2", "DH_SHARD": "2/3", "GITHUB_STEP_SUMMARY": ""})
+    assert done.returncode == 0, done.stderr
+    assert stub_calls(tmp_path) == ["run --device cpu --out bundles/cpu-x86_64-shard-2 --report reports/cpu-x86_64-shard-2.md"
+                                    " --report reports/cpu-x86_64-shard-2.json --shard 2/3"]
+    done = subprocess.run(["bash", str(root / "ci" / "run-job.sh")], capture_output=True, text=True, timeout=60,
+                          env={**env, "DH_JOB": "cpu-x86_64", "DH_SHARD": "", "GITHUB_STEP_SUMMARY": ""})
+    assert done.returncode == 0 and "--shard" not in stub_calls(tmp_path)[-1]
+
+
+def detharness_can_shard() -> bool:
+    done = subprocess.run([sys.executable, "-m", "detharness", "merge", "--help"], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    return done.returncode == 0 and "--out" in done.stdout
+
+
+def test_run_job_and_merge_shards_with_the_real_detharness(tmp_path: Path) -> None:
+    """Two shards through ci/run-job.sh, merged by ci/merge-shards.sh into the folder ci/compare.sh reads."""
+    if not detharness_can_shard():
+        pytest.skip("this detharness has no merge command yet")
+    root = copy_ci(tmp_path / "checkout")
+    shutil.copy2(ROOT / "ci" / "merge-shards.sh", root / "ci" / "merge-shards.sh")
+    env = {**os.environ, "DH_KEYWORD": "preprocessing/standardize and numpy", "GITHUB_STEP_SUMMARY": ""}
+    for index in (1, 2):
+        done = subprocess.run(["bash", str(root / "ci" / "run-job.sh")], capture_output=True, text=True, timeout=300,
+                              env={**env, "DH_JOB": f"cpu-test-shard-{index}", "DH_SHARD": f"{index}/2"})
+        assert done.returncode == 0, done.stdout + done.stderr
+        # what actions/download-artifact makes of artifact bundle-<name>
+        (root / "bundles" / f"cpu-test-shard-{index}").rename(root / "bundles" / f"bundle-cpu-test-shard-{index}")
+    done = subprocess.run(["bash", str(root / "ci" / "merge-shards.sh")], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / "bundles" / "bundle-cpu-test" / "manifest.json").exists()
+    assert sorted(p.name for p in (root / "bundles").iterdir()) == ["bundle-cpu-test"]
+
+
+# --- ci/k8s: the Indexed Job, its merge Job and their volumes, validated offline -----------------------------
+
+K8S = ROOT / "ci" / "k8s"
+MANIFESTS = sorted(K8S.glob("*.yaml"))
+# 1.33: backoffLimitPerIndex is GA there; and the newest schema kubernetes-validate ships.
+K8S_VERSIONS = ("1.33.0", "latest")
+
+
+def k8s_docs(path: Path) -> list[dict[str, Any]]:
+    import yaml  # PyYAML comes with kubernetes-validate
+
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def k8s_objects() -> dict[str, dict[str, Any]]:
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc for path in MANIFESTS for doc in k8s_docs(path)}
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any connection or name lookup fails: a validator that downloads its schemas fails the test."""
+    import socket
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("the network is off in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def k8s_validate(doc: dict[str, Any], version: str) -> str:
+    from kubernetes_validate import utils
+
+    if version == "latest":
+        version = utils.latest_version()
+    # strict: an unknown field (a typo, a field of a newer API) is an error; a kind without a schema raises
+    # SchemaNotFoundError (the CLI would only warn).
+    return str(utils.validate(doc, version, strict=True))
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("manifest", [p.name for p in MANIFESTS])
+def test_k8s_manifests_match_the_kubernetes_api_schema_offline(manifest: str, version: str, no_network: None) -> None:
+    docs = k8s_docs(K8S / manifest)
+    assert docs
+    for doc in docs:
+        validated = k8s_validate(doc, version)
+        if version != "latest":
+            assert validated == version.rsplit(".", 1)[0]
+
+
+def test_k8s_validator_finds_real_mistakes(no_network: None) -> None:
+    from kubernetes_validate import utils
+
+    job = k8s_objects()["Job/detharness-cpu"]
+    typo = json.loads(json.dumps(job))
+    typo["spec"]["completionmode"] = typo["spec"].pop("completionMode")
+    wrong_type = json.loads(json.dumps(job))
+    wrong_type["spec"]["completions"] = "four"
+    for bad in (typo, wrong_type):
+        with pytest.raises(utils.ValidationError):
+            k8s_validate(bad, "latest")
+    with pytest.raises(utils.SchemaNotFoundError):
+        k8s_validate({"apiVersion": "batch/v1", "kind": "Jobb", "metadata": {"name": "x"}}, "latest")
+
+
+def test_k8s_manifests_are_the_indexed_jobs_their_merges_and_the_volumes() -> None:
+    assert sorted(p.name for p in MANIFESTS) == ["job-cpu.yaml", "job-cuda.yaml", "job-merge-cpu.yaml",
+                                                 "job-merge-cuda.yaml", "pvc.yaml"]
+    assert sorted(k8s_objects()) == ["Job/detharness-cpu", "Job/detharness-cuda", "Job/detharness-merge-cpu",
+                                     "Job/detharness-merge-cuda", "PersistentVolumeClaim/detharness-bundles",
+                                     "PersistentVolumeClaim/detharness-cache"]
+    assert (K8S / "README.md").exists()
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    (only,) = job["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+def env_of(job: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(job).get("env", [])}
+
+
+def mounts_of(job: dict[str, Any]) -> dict[str, str]:
+    """mount path -> the claim mounted there."""
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]}
+    return {m["mountPath"]: claims[m["name"]] for m in container(job)["volumeMounts"]}
+
+
+def check_pod_basics(job: dict[str, Any]) -> None:
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    security = pod["securityContext"]
+    dockerfile = (ROOT / "Dockerfile.cpu").read_text()
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.M)  # the image's uid
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001 and security["runAsGroup"] == 10001
+    # The image's entrypoint is `dumb-init -- detharness`: command replaces it, keeping dumb-init as PID 1.
+    assert container(job)["command"] == ["dumb-init", "--", "sh", "-c"]
+    claims = set(mounts_of(job).values())
+    assert claims <= {doc["metadata"]["name"] for doc in k8s_docs(K8S / "pvc.yaml")}
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_k8s_indexed_job_runs_shard_index_plus_one_of_completions(device: str) -> None:
+    objects = k8s_objects()
+    job = objects[f"Job/detharness-{device}"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    env = env_of(job)
+    assert spec["completions"] == int(env["DH_SHARDS"]) >= 2  # N in both places
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["backoffLimitPerIndex"] >= 1 and "backoffLimit" not in spec
+    check_pod_basics(job)
+    (script,) = container(job)["args"]
+    assert "shard=$((JOB_COMPLETION_INDEX + 1))" in script
+    assert f'detharness run --device {device} --shard "$shard/$DH_SHARDS" --out "$out"' in script
+    assert 'out="$DH_RUN_DIR/shard-$shard"' in script
+    assert container(job)["image"] == f"detharness:{device}"
+    # the cache folder and the bundles folder are both on claims
+    mounts = mounts_of(job)
+    assert mounts[env["DETHARNESS_CACHE_DIR"]] == "detharness-cache"
+    assert mounts["/bundles"] == "detharness-bundles" and env["DH_RUN_DIR"] == f"/bundles/{device}"
+    # its merge Job reads the same folder on the same claim, in one pod
+    merge = objects[f"Job/detharness-merge-{device}"]
+    assert "completionMode" not in merge["spec"] and merge["spec"]["completions"] == merge["spec"]["parallelism"] == 1
+    check_pod_basics(merge)
+    assert env_of(merge)["DH_RUN_DIR"] == env["DH_RUN_DIR"] and mounts_of(merge) == {"/bundles": "detharness-bundles"}
+    (merge_script,) = container(merge)["args"]
+    assert 'detharness merge "$DH_RUN_DIR"/shard-* --out "$DH_RUN_DIR/merged"' in merge_script
+
+
+def test_k8s_gpu_job_asks_for_a_gpu_on_one_gpu_model() -> None:
+    job = k8s_objects()["Job/detharness-cuda"]
+    assert container(job)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    pod = job["spec"]["template"]["spec"]
+    assert list(pod["nodeSelector"]) == ["nvidia.com/gpu.product"]
+    assert "nvidia.com/gpu" not in str(k8s_objects()["Job/detharness-cpu"])
+
+
+def k8s_scripts() -> dict[str, str]:
+    return {name.split("/")[1]: container(job)["args"][0] for name, job in k8s_objects().items() if name.startswith("Job/")}
+
+
+def test_k8s_scripts_pass_shellcheck_as_posix_sh(tmp_path: Path) -> None:
+    files = []
+    for name, script in k8s_scripts().items():
+        path = tmp_path / f"{name}.sh"
+        path.write_text(script)
+        files.append(str(path))
+    done = subprocess.run([_tool("shellcheck"), "--shell=sh", *files], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def run_k8s_script(script: str, env: dict[str, str], **more: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60, env={**env, **more})
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_k8s_shards_land_where_the_merge_job_globs_them(device: str, tmp_path: Path) -> None:
+    """Every pod's script, run by sh with a stub detharness: shard I of N into shard-I, the merge over all N."""
+    objects = k8s_objects()
+    job, merge = objects[f"Job/detharness-{device}"], objects[f"Job/detharness-merge-{device}"]
+    run_dir = tmp_path / "bundles" / device  # the claim's /bundles, here
+    env = {**stub_detharness(tmp_path), **env_of(job), "DH_RUN_DIR": str(run_dir)}
+    shards = job["spec"]["completions"]
+    (run_dir / "shard-2").mkdir(parents=True)
+    (run_dir / "shard-2" / "partial").write_text("a lost pod's leftovers")
+    for index in range(shards):
+        done = run_k8s_script(container(job)["args"][0], env, JOB_COMPLETION_INDEX=str(index))
+        assert done.returncode == 0, done.stderr
+    assert stub_calls(tmp_path) == [f"run --device {device} --shard {i}/{shards} --out {run_dir}/shard-{i}"
+                                    for i in range(1, shards + 1)]
+    assert not (run_dir / "shard-2" / "partial").exists()  # a rerun of a shard starts afresh
+    done = run_k8s_script(container(merge)["args"][0], {**env, **env_of(merge), "DH_RUN_DIR": str(run_dir)})
+    assert done.returncode == 0, done.stderr
+    assert stub_calls(tmp_path)[-1] == ("merge " + " ".join(f"{run_dir}/shard-{i}" for i in range(1, shards + 1))
+                                        + f" --out {run_dir}/merged")
+    # detharness run exits 1 when something diverged inside the environment: the bundle is written, the pod is done
+    done = run_k8s_script(container(job)["args"][0], env, JOB_COMPLETION_INDEX="0", STUB_EXIT="1")
+    assert done.returncode == 0, done.stderr
+    # 2 (bad usage) and 3 (a bug) fail the pod, and the podFailurePolicy fails the index without a rerun
+    done = run_k8s_script(container(job)["args"][0], env, JOB_COMPLETION_INDEX="0", STUB_EXIT="2")
+    assert done.returncode == 2
+    (rule,) = [r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailIndex"]
+    assert rule["onExitCodes"]["values"] == [2, 3]
