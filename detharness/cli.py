@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Also record the output of every layer of model variants (torch modules, ONNX models), "
                         "for detharness bisect; with --inputs-from a bundle that has them, each layer is also re-run "
                         "on the baseline's inputs to it (the error it introduces itself)")
+    _add_no_cache(p)
     _add_output(p)
 
     p = sub.add_parser("merge", help="Join the bundles of every shard of one run (run --shard I/N) into one bundle, "
@@ -168,8 +169,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Cache of pinned-version overlays (default: ~/.cache/detharness/overlays)")
     p.add_argument("--intermediates", action="store_true",
                    help="Every profile records the layers of model variants, for detharness bisect")
+    _add_no_cache(p)
     _add_output(p)
+
+    p = sub.add_parser("cache", help="Show or empty the cache of prepared artefacts (ONNX exports, jax compiles)")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    q = cache_sub.add_parser("info", help="Print the cache folder, its entries and their size")
+    q.add_argument("--json", action="store_true", help="Print JSON")
+    cache_sub.add_parser("clear", help="Remove every entry (and jax's compiles; the matrix's overlays stay)")
     return parser
+
+
+def _add_no_cache(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-cache", action="store_true",
+                   help="Do not use the cache of prepared artefacts (ONNX exports, jax compiles; folder: "
+                        "$DETHARNESS_CACHE_DIR, else ~/.cache/detharness): export and compile everything afresh")
 
 
 def _fail_on(text: str) -> list[Any]:
@@ -313,6 +327,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                              repeat_processes=args.repeat_processes, checks=asked, deterministic=args.deterministic,
                              timeout=args.timeout, inputs_from=replay, in_process=args.in_process,
                              progress=_progress(sys.stderr), intermediates=args.intermediates, shard=shard)
+        if args.no_cache:
+            options.cache = False
         record = run(options)
         empty_shard = bool(shard and not record.variants and record.options["shard"]["selected"])
         if not record.variants and not empty_shard:
@@ -571,6 +587,11 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(f"detharness matrix: {terminal_safe(line)}\n")
         sys.stderr.flush()
 
+    if args.no_cache:
+        from detharness import cache
+
+        # Each profile's run inherits this process's environment: every one runs without the cache.
+        os.environ[cache.NO_CACHE_VARIABLE] = "1"
     outcomes = matrix.run_matrix(spec, args.out, keyword=args.keyword, overlays=args.overlays, progress=progress,
                                  intermediates=args.intermediates)
     report = matrix.matrix_report(spec, outcomes, seconds=time.perf_counter() - start)
@@ -586,7 +607,39 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if any(Status(r["status"]) in fail_on for r in report["results"]) else EXIT_OK
 
 
-COMMANDS = {"list": cmd_list, "env": cmd_env, "run": cmd_run, "merge": cmd_merge, "compare": cmd_compare,
+def cmd_cache(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
+    from detharness import cache
+
+    if args.cache_command == "clear":
+        before = cache.clear()
+        out.write(f"cleared {terminal_safe(before['folder'])}: {before['entries']} entries "
+                  f"({_size(before['bytes'])}) and jax's compiles ({_size(before['jax']['bytes'])})\n")
+        return EXIT_OK
+    found = cache.info()
+    if getattr(args, "json", False):
+        out.write(json.dumps(found, indent=2, sort_keys=True) + "\n")
+        return EXIT_OK
+    out.write(f"folder:  {terminal_safe(found['folder'])}{'' if found['enabled'] else ' (off: DETHARNESS_NO_CACHE)'}\n")
+    out.write(f"entries: {found['entries']} ({_size(found['bytes'])} of {_size(found['max_bytes'])})\n")
+    for kind, counts in found["kinds"].items():
+        out.write(f"  {terminal_safe(kind)}: {counts['entries']} ({_size(counts['bytes'])})\n")
+    out.write(f"jax:     {terminal_safe(found['jax']['folder'])}: {found['jax']['files']} files "
+              f"({_size(found['jax']['bytes'])})\n")
+    return EXIT_OK
+
+
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+COMMANDS = {"cache": cmd_cache, "list": cmd_list, "env": cmd_env, "run": cmd_run, "merge": cmd_merge, "compare": cmd_compare,
             "report": cmd_report, "tolerances": cmd_tolerances, "bisect": cmd_bisect, "matrix": cmd_matrix}
 
 

@@ -288,7 +288,8 @@ class TorchExportFormat(TorchModuleFormat):
 
 # Exports shared by the five optimization levels of one (exporter, opset): the dynamo exporter
 # takes ~0.5 s a model, paid once instead of five times. Bounded: a worker runs many cases.
-_ONNX_EXPORTS: dict[tuple[str, str, int], bytes] = {}
+# Each entry keeps whether the persistent cache (detharness.cache) had it when it was made.
+_ONNX_EXPORTS: dict[tuple[str, str, int, bool], tuple[bytes, str]] = {}
 _ONNX_EXPORTS_KEPT = 8
 
 
@@ -316,7 +317,9 @@ class TorchOnnxFormat(TorchModuleFormat):
     def _export(self, obj: Any, ctx: RoundtripContext) -> bytes:
         import torch
 
-        key = (ctx.key, self.exporter, self.opset)
+        from detharness import cache
+
+        key = (ctx.key, self.exporter, self.opset, cache.enabled())
         if key not in _ONNX_EXPORTS:
             # Exported on the CPU, as the torch backend's onnx modes do: the graph does not depend
             # on the device, and the variant's own module stays where it is.
@@ -324,8 +327,11 @@ class TorchOnnxFormat(TorchModuleFormat):
             inputs = tuple(t.detach().cpu() if isinstance(t, torch.Tensor) else t for t in ctx.example_inputs)
             while len(_ONNX_EXPORTS) >= _ONNX_EXPORTS_KEPT:
                 _ONNX_EXPORTS.pop(next(iter(_ONNX_EXPORTS)))
-            _ONNX_EXPORTS[key] = ctx.backend.export_onnx(module, inputs, self.exporter, opset=self.opset)
-        return _ONNX_EXPORTS[key]
+            _ONNX_EXPORTS[key] = ctx.backend.export_onnx_cached(module, inputs, self.exporter, opset=self.opset)
+        data, status = _ONNX_EXPORTS[key]
+        # Taken out of the info into the variant's own ``cache`` field (runner.variant_record).
+        ctx.info["cache"] = {"onnx_export": status}
+        return data
 
     def save(self, obj: Any, folder: Path, ctx: RoundtripContext) -> None:
         (folder / "model.onnx").write_bytes(self._export(obj, ctx))

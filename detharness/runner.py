@@ -49,6 +49,12 @@ DEVICE_CHOICES = ("cpu", "cuda", "all")
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
+def _cache_enabled() -> bool:
+    from detharness import cache
+
+    return cache.enabled()
+
+
 @dataclass
 class RunOptions:
     case_paths: list[str] = field(default_factory=list)
@@ -73,6 +79,10 @@ class RunOptions:
     only_ids: list[str] = field(default_factory=list)
     #: ``(I, N)``: run only shard I of N of the selection (``--shard I/N``; see :mod:`detharness.shard`).
     shard: tuple[int, int] | None = None
+    #: Use the persistent cache of prepared artefacts (ONNX exports, jax compiles); ``--no-cache``
+    #: turns it off. It never changes a result: each variant's ``cache`` field says what it used.
+    #: (On unless ``DETHARNESS_NO_CACHE`` is set.)
+    cache: bool = field(default_factory=lambda: _cache_enabled())
 
     @property
     def plan(self) -> Plan:
@@ -419,8 +429,11 @@ def _detach_worker(parent: int) -> None:
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str, case_paths: list[str],
-                 deterministic: bool, parent: int = 0) -> None:
+                 deterministic: bool, parent: int = 0, use_cache: bool = True) -> None:
     _detach_worker(parent or os.getppid())
+    from detharness import cache
+
+    os.environ[cache.NO_CACHE_VARIABLE] = "0" if use_cache else "1"  # this worker and what it starts
     logs: list[VariantLog] = []
     try:
         with captured(logs):
@@ -466,11 +479,13 @@ def _describe_exit(code: int | None) -> str:
 class Worker:
     """One backend's worker process, restarted after a crash or a timeout."""
 
-    def __init__(self, backend: str, case_paths: Sequence[str], deterministic: bool, timeout: float) -> None:
+    def __init__(self, backend: str, case_paths: Sequence[str], deterministic: bool, timeout: float,
+                 use_cache: bool = True) -> None:
         self.backend = backend
         self.case_paths = list(case_paths)
         self.deterministic = deterministic
         self.timeout = timeout
+        self.use_cache = use_cache
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: multiprocessing.connection.Connection | None = None
         self.hello = Hello()
@@ -479,7 +494,8 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, name=f"detharness-{self.backend}", daemon=True,
-                                   args=(child, self.backend, self.case_paths, self.deterministic, os.getpid()))
+                                   args=(child, self.backend, self.case_paths, self.deterministic, os.getpid(),
+                                         self.use_cache))
         self.process.start()
         child.close()
         self.conn = parent
@@ -567,11 +583,15 @@ class Worker:
 class _InProcess:
     """A backend loaded in this process (``--in-process``, ``--dh-in-process``): for debugging."""
 
-    def __init__(self, name: str, deterministic: bool) -> None:
+    def __init__(self, name: str, deterministic: bool, use_cache: bool = True) -> None:
+        from detharness import cache
+
         self.name = name
+        self.use_cache = use_cache
         self.backend: Backend | None = None
         try:
-            self.backend, hello = load_backend(name, deterministic)
+            with cache.enabled_as(use_cache):
+                self.backend, hello = load_backend(name, deterministic)
             self.hello = Hello(devices=tuple(hello["devices"]), fingerprint=hello["fingerprint"])
         except Exception as exc:
             self.hello = Hello(error=f"{name} failed to load: {one_line(exc)}")
@@ -581,8 +601,10 @@ class _InProcess:
             return Reply.failure(task.id, self.hello.error or "not loaded")
         # Other code in this process (a test fixture) may have reset the framework's settings.
         self.backend.reload_settings()
+        from detharness import cache
+
         logs: list[VariantLog] = []
-        with captured(logs):
+        with captured(logs), cache.enabled_as(self.use_cache):
             reply = execute(self.backend, case, task)
         reply.log = logs[-1].with_warnings(reply.log.warnings)
         return reply
@@ -596,11 +618,15 @@ class Executor:
     everything in this process). The runner and the pytest plugin share it."""
 
     def __init__(self, case_paths: Sequence[str] = (), *, deterministic: bool = False, timeout: float = 600.0,
-                 in_process: bool = False) -> None:
+                 in_process: bool = False, use_cache: bool | None = None) -> None:
+        from detharness import cache
+
         self.case_paths = list(case_paths)
         self.deterministic = deterministic
         self.timeout = timeout
         self.in_process = in_process
+        #: None: as this process has it (on unless DETHARNESS_NO_CACHE is set).
+        self.use_cache = cache.enabled() if use_cache is None else use_cache
         self._runners: dict[str, Worker | _InProcess] = {}
         self._lock = threading.Lock()
         #: Fingerprint keys of every backend loaded so far.
@@ -611,10 +637,10 @@ class Executor:
             runner = self._runners.get(name)
         if runner is None:
             if self.in_process:
-                runner = _InProcess(name, self.deterministic)
+                runner = _InProcess(name, self.deterministic, self.use_cache)
                 hello = runner.hello
             else:
-                runner = Worker(name, self.case_paths, self.deterministic, self.timeout)
+                runner = Worker(name, self.case_paths, self.deterministic, self.timeout, self.use_cache)
                 hello = runner.start()
             with self._lock:
                 self._runners[name] = runner
@@ -722,7 +748,7 @@ def run(options: RunOptions) -> RunRecord:
     def run_backend(todo: list[Variant], replies: dict[str, Reply]) -> None:
         nonlocal done
         executor = Executor(options.case_paths, deterministic=options.deterministic, timeout=options.timeout,
-                            in_process=options.in_process)
+                            in_process=options.in_process, use_cache=options.cache)
         try:
             for v in todo:
                 reply = executor.execute(v, task_for(v, *arrays[v.case.id], repeat=options.repeat,
@@ -767,15 +793,21 @@ def run(options: RunOptions) -> RunRecord:
 
 
 def variant_record(v: Variant, reply: Reply) -> VariantRecord:
-    """The record of one variant from its reply (from a worker, this process or the plugin)."""
+    """The record of one variant from its reply (from a worker, this process or the plugin).
+
+    The backend reports what the artefact cache did under ``info["cache"]``; it goes to the
+    record's own ``cache`` field (not part of the info, the fingerprint or the environment id).
+    """
+    info = dict(reply.info)
+    cache = info.pop("cache", None)
     return VariantRecord(
         id=v.id, case=v.case.id, impl=v.impl.name, backend=v.impl.backend, device=v.device, dtype=v.dtype,
         mode=v.mode, status=reply.outcome, reference=v.impl.reference, error=reply.error,
         traceback=reply.traceback, seconds=reply.seconds, outputs=reply.outputs,
         tolerances={name: v.case.tolerance_for(name, v.dtype) for name in reply.outputs},
         distinct_results=reply.distinct_results, repeat_outputs=reply.repeat_outputs,
-        info=reply.info, repeat=reply.repeat, roundtrip=reply.roundtrip, log=reply.log,
-        **layer_fields(reply.layers),
+        info=info, repeat=reply.repeat, roundtrip=reply.roundtrip, log=reply.log,
+        cache=cache if isinstance(cache, dict) else None, **layer_fields(reply.layers),
     )
 
 

@@ -86,6 +86,8 @@ class JaxBackend(Backend):
         super().__init__()
         # XLA_FLAGS as the XLA backend saw it when it started; None while unknown.
         self._xla_flags_at_start: str | None = None
+        # Whether jax's persistent compilation cache is pointed into detharness's; None: not set yet.
+        self._compile_cache: bool | None = None
 
     # -- switches and loading -------------------------------------------------------------------
 
@@ -111,6 +113,33 @@ class JaxBackend(Backend):
         if not _backend_started():
             self._xla_flags_at_start = os.environ.get("XLA_FLAGS", "")
         jax.devices()  # start the backend now, with the flags just recorded
+        self._configure_compile_cache()
+
+    def _configure_compile_cache(self) -> str:
+        """Point jax's persistent compilation cache into detharness's cache folder (``jax/``) when
+        the cache is on, and turn it off when it is off; ``"on"`` or ``"off"`` as now set.
+
+        ``jax_persistent_cache_min_compile_time_secs`` is 0: its 1 s default would skip the small
+        programs most cases compile. jax reads the folder when it first compiles, so a change (an
+        in-process run with another setting) also resets jax's cache state.
+        """
+        from detharness import cache
+
+        on = cache.enabled()
+        if self._compile_cache != on:
+            if on:
+                _set_config("jax_compilation_cache_dir", str(cache.jax_folder()))
+                _set_config("jax_persistent_cache_min_compile_time_secs", 0.0)
+                _set_config("jax_compilation_cache_max_size", cache.max_bytes())  # jax evicts LRU too
+            _set_config("jax_enable_compilation_cache", on)
+            try:
+                from jax._src import compilation_cache
+
+                compilation_cache.reset_cache()
+            except (ImportError, AttributeError):  # a jax without it reads the settings on first use
+                pass
+            self._compile_cache = on
+        return "on" if on else "off"
 
     def _set_deterministic(self) -> None:
         _set_config("jax_default_matmul_precision", "highest")
@@ -191,7 +220,9 @@ class JaxBackend(Backend):
             raise TypeError(
                 f"a jax implementation (or what its builder returns) must be callable, not {type(obj).__name__}"
             )
-        self._run_info = {"jax.mode": spec.mode, "jax.device": str(self._device(spec.device))}
+        # "cache" is taken out of the info into the variant's own ``cache`` field (runner.variant_record).
+        self._run_info = {"jax.mode": spec.mode, "jax.device": str(self._device(spec.device)),
+                          "cache": {"jax_compile": self._configure_compile_cache()}}
         if spec.mode == "eager":
             return obj  # type: ignore[no-any-return]
         start = time.perf_counter()

@@ -287,7 +287,7 @@ class TorchBackend(Backend):
             # One eager call gives the output structure to rebuild (a dict keeps its keys); the
             # exported graph only has a flat list of outputs.
             leaves, tree_spec = pytree.tree_flatten(module(*inputs))
-        data = self.export_onnx(module, inputs, exporter)
+        data, cache_status = self.export_onnx_cached(module, inputs, exporter)
         model = onnx.load_from_string(data)
         session, info = ort_backend.create_session(data, device=device, deterministic=self.deterministic)
         outputs = session.get_outputs()
@@ -302,6 +302,8 @@ class TorchBackend(Backend):
             "onnx.opset": model_opset(model),
             "onnxruntime.version": onnxruntime.__version__,
             **info,
+            # Taken out of the info into the variant's own ``cache`` field (runner.variant_record).
+            "cache": {"onnx_export": cache_status},
         }
         if exporter == "dynamo":
             # The dynamo exporter's translation to ONNX ops lives in onnxscript: its version
@@ -324,6 +326,88 @@ class TorchBackend(Backend):
         fused = onnx_capture.fused([name for name, _ in module.named_modules() if name], scopes)
         return ort_backend.with_layers(call, data, device=device, level="ORT_ENABLE_ALL",
                                        deterministic=self.deterministic, torch_scopes=scopes, torch_fused=fused)
+
+    def export_onnx_cached(
+        self,
+        module: torch.nn.Module,
+        inputs: tuple[Any, ...],
+        exporter: str = "dynamo",
+        *,
+        opset: int | None = None,
+    ) -> tuple[bytes, str]:
+        """:meth:`export_onnx` through the persistent cache (:mod:`detharness.cache`): the bytes and
+        ``"hit"``, ``"miss"`` (exported, then stored) or ``"off"`` (the cache is off, or the module
+        could not be keyed: exported and not stored)."""
+        from detharness import cache
+
+        if not cache.enabled():
+            return self.export_onnx(module, inputs, exporter, opset=opset), "off"
+        try:
+            entry = cache.key(self.onnx_export_key(module, inputs, exporter, opset=opset))
+        except Exception:  # a module the key cannot describe is exported every time, never guessed at
+            return self.export_onnx(module, inputs, exporter, opset=opset), "off"
+        data = cache.get("onnx_export", entry)
+        if data is not None:
+            return data, "hit"
+        data = self.export_onnx(module, inputs, exporter, opset=opset)
+        with contextlib.suppress(OSError):  # a read-only or full cache folder costs the reuse, not the run
+            cache.put("onnx_export", entry, data)
+        return data, "miss"
+
+    def onnx_export_key(
+        self,
+        module: torch.nn.Module,
+        inputs: tuple[Any, ...],
+        exporter: str = "dynamo",
+        *,
+        opset: int | None = None,
+    ) -> dict[str, Any]:
+        """Everything that can change what :meth:`export_onnx` gives for ``module`` and ``inputs``:
+        the state_dict (names, dtypes, shapes, bytes), each submodule's class, train/eval flag and
+        plain attributes, the source files of user code (the submodules' classes' files and every
+        user file loaded here: what a builder may call), the inputs' dtypes and shapes, the exporter
+        and opset, the versions of torch, onnx and onnxscript, and torch's CPU capability (the
+        exporters fold Conv+BatchNorm differently under ``ATEN_CPU_CAPABILITY=default``). What a
+        torch export cannot see (``XLA_FLAGS``) is not in it. Raises for what it cannot describe."""
+        import hashlib
+        import inspect
+        import sys
+
+        from detharness import __version__, cache
+
+        torch = self._torch
+        state = hashlib.sha256()
+        layout = []
+        for name, tensor in module.state_dict(keep_vars=False).items():
+            t = tensor.detach().cpu().contiguous()
+            layout.append([name, str(t.dtype), list(t.shape)])
+            state.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0" + repr(tuple(t.shape)).encode() + b"\0")
+            if t.numel():
+                state.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        modules = []
+        class_files: dict[str, str] = {}
+        for name, sub in module.named_modules():
+            cls = type(sub)
+            file = inspect.getsourcefile(cls)
+            if file is not None and not cache.is_library_file(file):
+                class_files[file] = ""
+            hooks = [getattr(h, "__qualname__", type(h).__qualname__)
+                     for d in (sub._forward_pre_hooks, sub._forward_hooks) for h in d.values()]
+            modules.append([name, f"{cls.__module__}.{cls.__qualname__}", sub.training, _plain_attributes(sub), hooks])
+        example = [[str(t.dtype), list(t.shape)] if isinstance(t, torch.Tensor) else repr(t) for t in inputs]
+        return {
+            "kind": "torch.onnx.export",
+            "exporter": exporter,
+            "opset": self.onnx_opset if opset is None else opset,
+            "state_dict": {"sha256": state.hexdigest(), "layout": layout},
+            "modules": modules,
+            "sources": cache.user_source_files(class_files),
+            "inputs": example,
+            "versions": {"torch": torch.__version__, **onnx_stack_versions(), "detharness": __version__,
+                         "python": list(sys.version_info[:2])},
+            # Read from torch itself at export time: what the exporter ran with.
+            "torch.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        }
 
     def export_onnx(
         self,
@@ -364,6 +448,24 @@ class TorchBackend(Backend):
                 raise
             assert program is not None
             return program.model_proto.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _plain_attributes(module: Any) -> dict[str, Any]:
+    """A module's own attributes that are plain values (``eps``, ``kernel_size``, a flag a builder
+    set): what changes an export besides its tensors and code. Other objects count by type only."""
+    skip = {"training"}
+
+    def plain(value: Any, depth: int = 0) -> Any:
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value if not isinstance(value, float) else repr(value)
+        if depth < 3 and isinstance(value, (list, tuple)):
+            return [type(value).__name__, [plain(v, depth + 1) for v in value]]
+        if depth < 3 and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: plain(v, depth + 1) for k, v in sorted(value.items())}
+        return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+    return {k: plain(v) for k, v in sorted(vars(module).items())
+            if not k.startswith("_") and k not in skip}
 
 
 @contextlib.contextmanager

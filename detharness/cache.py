@@ -1,0 +1,254 @@
+"""A persistent cache of prepared artefacts (ONNX exports), and where jax keeps its compiles.
+
+The folder is ``$DETHARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/detharness``, else
+``~/.cache/detharness``. detharness's own entries live under ``exports/<kind>/<key>``; jax's
+persistent compilation cache is pointed at ``jax/`` (jax manages that folder itself).
+
+An entry's key (:func:`key`) is the sha256 of a canonical JSON of everything that can change the
+artefact. Each entry file holds a header (a magic, its own key and the sha256 of the content) and
+the content: :func:`get` checks all three, and an entry that fails (cut short, flipped bits, a file
+of someone else's) is removed and reported as a miss, never used. :func:`put` writes atomically (a
+temp file renamed into place), so two runs may share the cache; after a put the least recently used
+entries are evicted until the entries fit ``$DETHARNESS_CACHE_MAX_BYTES`` (default 2 GiB). A hit
+touches its entry's modification time, which is the "last used" stamp (atime is often not kept).
+
+The cache is on unless turned off: ``--no-cache`` (``run`` and ``matrix``) sets
+``DETHARNESS_NO_CACHE=1`` for the run and its workers; :func:`enabled_as` sets it for this process.
+Whether a variant used it is recorded in its ``cache`` field; it never changes a result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sysconfig
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from detharness._io import atomic_write_bytes, to_jsonable
+
+#: Set to 1 (``--no-cache``) to turn the cache off for a run and the workers it starts.
+NO_CACHE_VARIABLE = "DETHARNESS_NO_CACHE"
+MAX_BYTES_VARIABLE = "DETHARNESS_CACHE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+_MAGIC = b"DHCACHE1"
+_HEADER = len(_MAGIC) + 64 + 32  # magic, the key (hex), the content's sha256 (raw)
+_KINDS_FOLDER = "exports"
+
+# None: follow DETHARNESS_NO_CACHE; True/False: set for this process by enabled_as().
+_override: bool | None = None
+
+
+def folder() -> Path:
+    """The cache folder (not created here)."""
+    root = os.environ.get("DETHARNESS_CACHE_DIR")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "detharness"
+
+
+def jax_folder() -> Path:
+    """Where jax's persistent compilation cache goes."""
+    return folder() / "jax"
+
+
+def enabled() -> bool:
+    """Whether the cache is on for this process."""
+    if _override is not None:
+        return _override
+    return os.environ.get(NO_CACHE_VARIABLE, "").strip().lower() in ("", "0", "false", "no")
+
+
+@contextlib.contextmanager
+def enabled_as(flag: bool) -> Iterator[None]:
+    """The cache on (True) or off (False) for this process while the block runs."""
+    global _override
+    previous = _override
+    _override = flag
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+def max_bytes() -> int:
+    text = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
+    try:
+        return int(text) if text else DEFAULT_MAX_BYTES
+    except ValueError:
+        return DEFAULT_MAX_BYTES
+
+
+def key(parts: Mapping[str, Any]) -> str:
+    """sha256 (hex) of a canonical JSON of ``parts``: keys sorted, no whitespace, non-JSON as str."""
+    text = json.dumps(to_jsonable(dict(parts), default=str), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_name(kind: str, entry: str) -> None:
+    if not kind or not kind.replace("_", "").isalnum():
+        raise ValueError(f"cache kind {kind!r}: letters, digits and _ only")
+    if len(entry) != 64 or any(c not in "0123456789abcdef" for c in entry):
+        raise ValueError(f"cache key {entry!r}: 64 lowercase hex digits (cache.key())")
+
+
+def _path(kind: str, entry: str) -> Path:
+    _check_name(kind, entry)
+    return folder() / _KINDS_FOLDER / kind / entry
+
+
+def get(kind: str, entry: str) -> bytes | None:
+    """The content stored under ``(kind, entry)``; None for a miss (absent, or corrupt and removed)."""
+    path = _path(kind, entry)
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    data = blob[_HEADER:]
+    ok = (len(blob) >= _HEADER and blob[:len(_MAGIC)] == _MAGIC
+          and blob[len(_MAGIC):len(_MAGIC) + 64] == entry.encode("ascii")
+          and blob[len(_MAGIC) + 64:_HEADER] == hashlib.sha256(data).digest())
+    if not ok:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # last used: what eviction orders by
+    return data
+
+
+def put(kind: str, entry: str, data: bytes) -> None:
+    """Store ``data`` under ``(kind, entry)`` atomically, then evict the least recently used entries
+    beyond the size cap (never the one just written)."""
+    path = _path(kind, entry)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, _MAGIC + entry.encode("ascii") + hashlib.sha256(data).digest() + data)
+    _evict(max_bytes(), keep=path)
+
+
+def _entries() -> list[tuple[float, int, Path]]:
+    """(last used, size, path) of every entry; temp files of writes in flight are left out."""
+    found = []
+    root = folder() / _KINDS_FOLDER
+    if not root.is_dir():
+        return []
+    for kind in root.iterdir():
+        if not kind.is_dir():
+            continue
+        for path in kind.iterdir():
+            if path.name.startswith("."):
+                continue
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                found.append((stat.st_mtime, stat.st_size, path))
+    return found
+
+
+def _evict(cap: int, keep: Path | None = None) -> None:
+    entries = sorted(_entries(), key=lambda e: (e[0], str(e[2])))
+    total = sum(size for _, size, _ in entries)
+    for _, size, path in entries:
+        if total <= cap:
+            break
+        if path == keep:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+        total -= size
+
+
+def _folder_bytes(path: Path) -> tuple[int, int]:
+    files = size = 0
+    if path.is_dir():
+        for item in path.rglob("*"):
+            with contextlib.suppress(OSError):
+                if item.is_file():
+                    files += 1
+                    size += item.stat().st_size
+    return files, size
+
+
+def info() -> dict[str, Any]:
+    """The folder, detharness's entries and their bytes (per kind too), the size cap, and jax's folder."""
+    kinds: dict[str, dict[str, int]] = {}
+    for _, size, path in _entries():
+        counts = kinds.setdefault(path.parent.name, {"entries": 0, "bytes": 0})
+        counts["entries"] += 1
+        counts["bytes"] += size
+    jax_files, jax_bytes = _folder_bytes(jax_folder())
+    return {"folder": str(folder()), "enabled": enabled(),
+            "entries": sum(k["entries"] for k in kinds.values()), "bytes": sum(k["bytes"] for k in kinds.values()),
+            "max_bytes": max_bytes(), "kinds": dict(sorted(kinds.items())),
+            "jax": {"folder": str(jax_folder()), "files": jax_files, "bytes": jax_bytes}}
+
+
+def clear() -> dict[str, Any]:
+    """Remove every entry and jax's compiles (the matrix's version overlays are left alone);
+    returns :func:`info` as it was before."""
+    before = info()
+    for path in (folder() / _KINDS_FOLDER, jax_folder()):
+        shutil.rmtree(path, ignore_errors=True)
+    return before
+
+
+# -- what goes into keys ------------------------------------------------------------------------
+
+_LIBRARY_ROOTS: tuple[str, ...] | None = None
+_FILE_HASHES: dict[str, tuple[int, int, str]] = {}
+
+
+def _library_roots() -> tuple[str, ...]:
+    global _LIBRARY_ROOTS
+    if _LIBRARY_ROOTS is None:
+        paths = sysconfig.get_paths()
+        roots = {os.path.realpath(paths[name]) for name in ("stdlib", "platstdlib", "purelib", "platlib") if name in paths}
+        _LIBRARY_ROOTS = tuple(sorted(r.rstrip(os.sep) + os.sep for r in roots))
+    return _LIBRARY_ROOTS
+
+
+def is_library_file(path: str) -> bool:
+    """Whether ``path`` is installed code (the standard library or site-packages): its package's
+    version stands for it in a key, instead of its bytes."""
+    return os.path.realpath(path).startswith(_library_roots())
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes (remembered while its size and modification time stay); "missing"
+    when it cannot be read."""
+    real = os.path.realpath(path)
+    try:
+        stat = os.stat(real)
+    except OSError:
+        return "missing"
+    known = _FILE_HASHES.get(real)
+    if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
+        return known[2]
+    try:
+        digest = hashlib.sha256(Path(real).read_bytes()).hexdigest()
+    except OSError:
+        return "missing"
+    _FILE_HASHES[real] = (stat.st_mtime_ns, stat.st_size, digest)
+    return digest
+
+
+def user_source_files(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """sha256 of every source file of user code loaded in this process (case files, what they
+    include and import), plus ``extra`` files: everything a builder may call. Installed packages
+    are left out (their versions go in the keys)."""
+    import sys
+
+    files = set(extra or ())
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str) and path.endswith(".py") and not is_library_file(path):
+            files.add(path)
+    package = os.path.realpath(os.path.dirname(__file__)) + os.sep
+    return {os.path.realpath(f): file_digest(f) for f in sorted(files)
+            if not os.path.realpath(f).startswith(package)}
