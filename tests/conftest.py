@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -11,6 +14,14 @@ import pytest
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every test (and every detharness process it starts) caches exports and compiled programs in a
+# folder of this session's own, removed at exit: a user's ~/.cache/detharness is never read or
+# written, and no entry from an earlier session can stand in for a fresh export.
+# tests/test_cache.py points single tests at folders of their own.
+_CACHE = tempfile.mkdtemp(prefix="detharness-test-cache-")
+os.environ["DETHARNESS_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 SMALL_CASES = """
     import os
