@@ -177,6 +177,12 @@ def execute(backend: Backend, c: Case, task: Task) -> Reply:
     before = state.snapshot()
     try:
         reply = _execute(backend, c, task)
+    except Exception as exc:
+        # What _execute does not turn into the variant's result (a backend's own check, such as a
+        # probe of its kernels, that fails) is still that variant's error: a worker must not die
+        # of it and take every later variant of its backend with it.
+        reply = Reply.failure(task.id, f"detharness could not run this variant: {one_line(exc)}",
+                              user_traceback(exc))
     finally:
         changed = state.restore(before)
     if changed:
@@ -205,7 +211,10 @@ def _execute(backend: Backend, c: Case, task: Task) -> Reply:
             return Reply.skip(task.id, why_not)
     spec = VariantSpec(device=task.device, dtype=task.dtype, mode=fmt.before_mode if fmt else task.mode,
                        is_module=impl.module, variant_id=task.id)
-    supported, why = backend.supports(spec)
+    try:
+        supported, why = backend.supports(spec)
+    except UnsupportedVariant as exc:
+        return Reply.skip(task.id, exc.reason)
     if not supported:
         return Reply.skip(task.id, why)
     ctx = Context(device=task.device, dtype=task.dtype, seed=c.seed, variant=task.id, backend=impl.backend,

@@ -100,3 +100,46 @@ def test_deterministic_switches_are_set_in_the_workers_and_recorded(small_cases:
     assert strict.environment["torch.float32_matmul_precision"] == "highest"
     assert default.environment_id != strict.environment_id
     assert strict.variants["small/softmax[torch:cpu:float32:eager]"].status == "ok"
+
+
+def test_a_backend_check_that_raises_is_that_variants_error_not_the_workers_end(monkeypatch: pytest.MonkeyPatch,
+                                                                                 tmp_path: Path) -> None:
+    """onnxruntime 1.31 refused the bfloat16 probe model (a newer IR version) inside supports():
+    the exception ended the torch worker, and every later variant was "worker exited with code 1"."""
+    import numpy as np
+
+    from detharness.backends import load_backend
+    from detharness.runner import execute
+
+    write_cases(tmp_path / "cases", """
+        from detharness import case
+
+        c = case("w/probe", inputs=lambda rng: {"x": rng.standard_normal(4)})
+
+        @c.impl("a", backend="numpy")
+        def _(x):
+            return {"y": x}
+    """)
+    registry = discover([str(tmp_path / "cases")])
+    backend, _ = load_backend("numpy", deterministic=False)
+
+    def broken(spec: object) -> tuple[bool, str]:
+        raise RuntimeError("Unsupported model IR version: 14, max supported IR version: 13")
+
+    monkeypatch.setattr(backend, "supports", broken)
+    task = Task(id="w/probe[a:cpu:float32:eager]", case="w/probe", impl="a", device="cpu", dtype="float32",
+                mode="eager", repeat=1, inputs={"x": np.zeros(4)}, params={})
+    reply = execute(backend, registry.get("w/probe"), task)
+    assert reply.outcome == Outcome.ERROR
+    assert reply.error == ("detharness could not run this variant: RuntimeError: Unsupported model IR version: 14, "
+                           "max supported IR version: 13")
+
+
+def test_the_bfloat16_probe_model_is_one_every_onnxruntime_since_1_12_reads() -> None:
+    pytest.importorskip("onnx")
+    import onnx
+
+    from detharness.backends import onnxruntime_backend
+
+    model = onnx.load_from_string(onnxruntime_backend._probe_model("MatMul"))
+    assert model.ir_version == 8 and model.opset_import[0].version == 17

@@ -120,11 +120,15 @@ def _probe_bfloat16(device: str) -> tuple[bool, str]:
 
 
 def _opens(model: bytes, device: str) -> bool:
-    """Whether the provider for ``device`` has the kernels to open ``model``."""
+    """Whether the provider for ``device`` has the kernels to open ``model``; a probe that fails
+    for any other reason raises :class:`UnsupportedVariant` saying so (a variant is skipped with
+    the reason, never the worker ended)."""
     try:
         create_session(model, device=device, level="ORT_DISABLE_ALL", deterministic=False)
     except UnsupportedVariant:
         return False
+    except Exception as exc:
+        raise UnsupportedVariant(f"onnxruntime could not open its bfloat16 probe model: {exc}") from exc
     return True
 
 
@@ -139,8 +143,17 @@ def _probe_model(op: str) -> bytes:
         [helper.make_tensor_value_info(n, TensorProto.BFLOAT16, [2, 2]) for n in names],
         [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, None)],
     )
-    data: bytes = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # The IR version of opset 17 (ONNX 1.12), not the installed onnx package's newest: an older
+    # onnxruntime refuses a newer IR ("Unsupported model IR version: 14, max supported IR version:
+    # 13" with onnxruntime 1.31), which is no answer about bfloat16 kernels.
+    model.ir_version = PROBE_IR_VERSION
+    data: bytes = model.SerializeToString()
     return data
+
+
+#: The IR version of the probe models: opset 17's (ONNX 1.12), read by every onnxruntime since 1.12.
+PROBE_IR_VERSION = 8
 
 
 def session_options(level: str = "ORT_ENABLE_ALL", *, deterministic: bool = False) -> onnxruntime.SessionOptions:
