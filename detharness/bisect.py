@@ -194,7 +194,12 @@ def first_divergence(
     known not to reproduce the compiled output exactly) and ``layers_compared`` (how many layers
     were paired). JSON-safe.
     """
-    rows = _compared(baseline, candidate, tolerance)
+    return _divergence(_compared(baseline, candidate, tolerance), shadow, approximate)
+
+
+def _divergence(rows: Sequence[tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]],
+                shadow: Mapping[str, np.ndarray] | None, approximate: bool) -> dict[str, Any] | None:
+    """:func:`first_divergence` from the compared layers of :func:`_compared`."""
     paired = [(row, expected, actual) for row, expected, actual in rows if row["status"] != Status.MISSING.value]
     first = next(((row, e, a) for row, e, a in paired if not row["identical"]), None)
     if first is None:
@@ -331,12 +336,12 @@ def variant_divergence(baseline: Any, candidate: Any) -> dict[str, Any] | None:
     tolerance = tolerances[0] if tolerances else None
     approximate = any(bool((v.intermediates or {}).get("info", {}).get("approximate")) for v in (baseline, candidate))
     base, cand = _layers(baseline), _layers(candidate)
-    found = first_divergence(base, cand, tolerance=tolerance, shadow=candidate.shadow or None,
-                             approximate=approximate)
+    rows = _compared(base, cand, tolerance)  # each layer compared once: the search and the curve
+    found = _divergence(rows, candidate.shadow or None, approximate)
     if found is None:
         return None
     found["curve"] = [{"layer": row["layer"], "max_scaled": row["max_scaled"], "status": row["status"]}
-                      for row in curve(base, cand, tolerance=tolerance) if row["status"] != Status.MISSING.value]
+                      for row, _, _ in rows if row["status"] != Status.MISSING.value]
     infos = [(v.intermediates or {}).get("info") or {} for v in (baseline, candidate)]
     found["layers"] = len(base)
     found["fused"] = sorted({str(name) for info in infos for name in info.get("fused") or []})
