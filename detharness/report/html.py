@@ -178,8 +178,8 @@ def _detailed(results: list[Mapping[str, Any]]) -> set[int]:
     return set(failing) | set(quiet[:max(0, MAX_DETAILED - len(failing))])
 
 
-def _cases(report: Mapping[str, Any], figures: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    detailed = _detailed(report["results"])
+def _cases(report: Mapping[str, Any], figures: Mapping[int, Mapping[str, Any]], detailed: set[int]
+           ) -> list[dict[str, Any]]:
     grouped: dict[str, list[tuple[int, Mapping[str, Any]]]] = {}
     for index, r in enumerate(report["results"]):
         grouped.setdefault(r.get("case") or "(no case)", []).append((index, r))
@@ -257,16 +257,17 @@ def _banner(report: Mapping[str, Any]) -> dict[str, Any]:
 def page(report: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the template shows, computed here so the template only lays it out."""
     figures: Mapping[int, Mapping[str, Any]] = report.get("figures") or {}
+    detailed = _detailed(report["results"])
+    differing = sum(r["status"] not in (Status.SKIPPED, Status.IDENTICAL) for r in report["results"])
     return {
         # No duration and no timestamp: the same bundles give the same bytes (the text and JSON
         # reports carry the run's seconds).
         "title": report.get("title") or "detharness",
         "bundles": [str(b) for b in report.get("bundles") or ([report["bundle"]] if report.get("bundle") else [])],
         "banner": _banner(report), "grid": _grid(report), "profiles": report.get("profiles") or [],
-        "cases": _cases(report, figures), "environments": _environments(report),
+        "cases": _cases(report, figures, detailed), "environments": _environments(report),
         "figures_more": report.get("figures_more", 0), "figured": len(figures),
-        "undetailed": sum(r["status"] not in (Status.SKIPPED, Status.IDENTICAL) for r in report["results"])
-        - len(_detailed(report["results"])),
+        "undetailed": differing - len(detailed),
         "banner_open": BANNER_OPEN,
         "headers": ["max ULP", "p99 ULP", "max abs", "max rel", "max scaled", "outside tolerance", "tolerance"],
     }
