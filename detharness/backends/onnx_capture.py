@@ -375,22 +375,6 @@ def fused(torch_layer_names: Iterable[str], scopes: Mapping[str, str]) -> list[s
     return [name for name in torch_layer_names if name not in present]
 
 
-def _graphs(model: Any) -> Iterable[Any]:
-    """Every graph of the model: the main one, subgraphs at any depth."""
-    from onnx import AttributeProto
-
-    stack = [model.graph]
-    while stack:
-        graph = stack.pop()
-        yield graph
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == AttributeProto.GRAPH:
-                    stack.append(attr.g)
-                elif attr.type == AttributeProto.GRAPHS:
-                    stack.extend(attr.graphs)
-
-
 def strip_stack_traces(model: Any) -> Any:
     """A copy of ``model`` without the exporter's :data:`STACK_TRACE_KEY` node metadata.
 
@@ -402,7 +386,9 @@ def strip_stack_traces(model: Any) -> Any:
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
-    nodes = [node for graph in _graphs(copy) for node in graph.node]
+    from detharness.backends.onnx_model import graphs
+
+    nodes = [node for graph in graphs(copy) for node in graph.node]
     nodes += [node for function in copy.functions for node in function.node]
     for node in nodes:
         kept = [(entry.key, entry.value) for entry in node.metadata_props if entry.key != STACK_TRACE_KEY]

@@ -14,6 +14,7 @@ file they save and load) and the ONNX test-data case source. Imports onnx only w
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,25 @@ def model_opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
+def graphs(model: Any) -> Iterator[Any]:
+    """Every graph of the model: the main one and its subgraphs (``If``, ``Loop``, ``Scan``
+    bodies) at any depth, each subgraph before the graph that holds it (in node order)."""
+    return _graphs_within(model.graph)
+
+
+def _graphs_within(graph: Any) -> Iterator[Any]:
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield from _graphs_within(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _graphs_within(sub)
+    yield graph
+
+
 def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     """Every tensor of the model whose data lives in an external file.
 
@@ -42,8 +62,7 @@ def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     from onnx import AttributeProto, TensorProto
 
     found: list[TensorProto] = []
-
-    def visit_graph(graph: Any) -> None:
+    for graph in graphs(model):
         tensors = list(graph.initializer)
         for sparse in graph.sparse_initializer:
             tensors += [sparse.values, sparse.indices]
@@ -55,14 +74,7 @@ def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
                     tensors.extend(attr.tensors)
                 elif attr.type == AttributeProto.SPARSE_TENSOR:
                     tensors += [attr.sparse_tensor.values, attr.sparse_tensor.indices]
-                elif attr.type == AttributeProto.GRAPH:
-                    visit_graph(attr.g)
-                elif attr.type == AttributeProto.GRAPHS:
-                    for sub in attr.graphs:
-                        visit_graph(sub)
         found.extend(t for t in tensors if t.data_location == TensorProto.EXTERNAL)
-
-    visit_graph(model.graph)
     for function in model.functions:
         for node in function.node:
             found.extend(
