@@ -9,6 +9,8 @@ written by ``detharness tolerances --write``), the comparators (``compare``,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from detharness.backends import Backend, register_backend
@@ -17,7 +19,9 @@ from detharness.cases import Case, Context, KnownDivergence, Registry, case, inc
 from detharness.compare import Status, Tolerance, Verdict, compare, ulp_distance
 from detharness.results import Outcome, Result
 from detharness.roundtrip import roundtrip_modes
-from detharness.tolerances import from_file
+
+if TYPE_CHECKING:
+    from detharness.tolerances import from_file
 
 __all__ = [
     "Backend",
@@ -40,3 +44,13 @@ __all__ = [
     "roundtrip_modes",
     "ulp_distance",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # from_file (detharness.tolerances) imports the bundle reader and tabulate: every case file
+    # imports detharness, and only the ones that load a tolerances file need them.
+    if name == "from_file":
+        from detharness.tolerances import from_file
+
+        return from_file
+    raise AttributeError(f"module 'detharness' has no attribute {name!r}")
