@@ -57,6 +57,16 @@ def _add_output(p: argparse.ArgumentParser) -> None:
                    help=f"Statuses that make the exit code 1, of {', '.join(STATUSES)} (default: {fail_on})")
 
 
+def _add_pairing(p: argparse.ArgumentParser, when: str = "") -> None:
+    """How bundles are held against each other: ``compare``, and ``report`` of several bundles."""
+    p.add_argument("--match-device", choices=("same", "any"), default="same",
+                   help=f"{when}Pair variants by id (same) or by everything but the device (any)")
+    p.add_argument("-k", dest="keyword", metavar="EXPR", help=f"{when}Only variants matching this expression")
+    p.add_argument("--all-pairs", action="store_true",
+                   help=f"{when}Also count the outputs that differ bitwise between every two bundles (from stored "
+                        "hashes)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="detharness", description="Find where the same computation gives different numbers "
                      "across backends, devices, library versions and serialization round trips.")
@@ -118,11 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="Compare bundles from different environments")
     p.add_argument("baseline", metavar="BASELINE")
     p.add_argument("candidates", nargs="+", metavar="CANDIDATE")
-    p.add_argument("--match-device", choices=("same", "any"), default="same",
-                   help="Pair variants by id (same) or by everything but the device (any)")
-    p.add_argument("-k", dest="keyword", metavar="EXPR", help="Only variants matching this expression")
-    p.add_argument("--all-pairs", action="store_true",
-                   help="Also count the outputs that differ bitwise between every two bundles (from stored hashes)")
+    _add_pairing(p)
     _add_output(p)
 
     p = sub.add_parser("bisect", help="Where does it start: the first layer whose output differs, between the "
@@ -148,11 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="Render stored bundles without rerunning: one bundle its run, two or more "
                                       "what compare of them gives")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE")
-    p.add_argument("--match-device", choices=("same", "any"), default="same",
-                   help="Two or more bundles: pair variants by id (same) or by everything but the device (any)")
-    p.add_argument("-k", dest="keyword", metavar="EXPR", help="Two or more bundles: only variants matching this")
-    p.add_argument("--all-pairs", action="store_true",
-                   help="Two or more bundles: also count the outputs that differ bitwise between every two bundles")
+    _add_pairing(p, when="Two or more bundles: ")
     _add_output(p)
 
     p = sub.add_parser("matrix", help=f"Run the cases under each environment profile of a TOML file, then compare "
