@@ -9,7 +9,15 @@ from tabulate import tabulate
 
 from detharness.report import Section, register_section
 from detharness.report._escape import md_code, md_fence, md_html, md_text, terminal_safe
-from detharness.report._format import accuracy_line, env_diff_text, headline, notable_lines, number, skipped_reasons
+from detharness.report._format import (
+    accuracy_line,
+    decision_line,
+    env_diff_text,
+    headline,
+    notable_lines,
+    number,
+    skipped_reasons,
+)
 from detharness.report._matrix import markdown_sections, text_sections
 from detharness.results import QUIET, Status
 
@@ -123,13 +131,13 @@ def findings(report: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
     """The cases whose measures matter (a decision flips, a candidate is further from float64 than
     rounding explains, a feature's PSI reads 0.1 or more), each with its sentences: the flips of
     its variants said once, the others one per result. The rest is in -v, JSON and HTML."""
-    cases: dict[str, list[Mapping[str, Any]]] = {}
+    cases: dict[str, list[tuple[Mapping[str, Any], list[str]]]] = {}
     for r in report["results"]:
-        if notable_lines(r):
-            cases.setdefault(r.get("case") or "", []).append(r)
+        if lines := notable_lines(r):
+            cases.setdefault(r.get("case") or "", []).append((r, lines))
     out = []
-    for case_id, results in cases.items():
-        flips = [r for r in results if isinstance(r.get("decision"), Mapping) and r["decision"].get("flips")]
+    for case_id, items in cases.items():
+        flips = [r for r, _ in items if isinstance(r.get("decision"), Mapping) and r["decision"].get("flips")]
         sentences = []
         if flips:
             most = max(flips, key=lambda r: r["decision"]["flips"])
@@ -139,11 +147,11 @@ def findings(report: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
                              f"{most['decision']['total']} decisions in {len(flips)} variant"
                              f"{'s' if len(flips) != 1 else ''} ({'all near ties' if near else 'not all near ties'}; "
                              f"{f'{over} over the budget' if over else 'within the budget'})")
-        for r in results:
-            said = accuracy_line(r)  # names the variant itself
-            for line in notable_lines(r):
-                if r in flips and line.startswith(r["decision"]["rule"]):
-                    continue
+        for r, lines in items:
+            said, decided = accuracy_line(r), decision_line(r)  # the accuracy names the variant itself
+            for line in lines:
+                if line == decided:
+                    continue  # the flips of the case's variants are said once, above
                 where = r.get("output") or "" if line == said else f"{_short(r.get('variant'))} {r.get('output') or ''}"
                 sentences.append(f"{where.strip()}: {line}" if where.strip() else line)
         out.append((case_id, sentences))
