@@ -49,7 +49,7 @@ def env_diff_text(diff: Mapping[str, Any] | None, limit: int = 4) -> str:
     return "; ".join(items)
 
 
-def _float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     """A stored number (non-finite ones are the strings "inf", "nan") as a float; None, or anything a
     foreign bundle put there that is not a number, is None."""
     if isinstance(value, bool) or value is None:
@@ -72,7 +72,7 @@ def accuracy_line(r: Mapping[str, Any]) -> str | None:
         return None
     from detharness.compare.accuracy import reading_text
 
-    floats = {**acc, **{k: _float(acc.get(k)) for k in ("candidate_error", "baseline_error", "ratio")}}
+    floats = {**acc, **{k: as_float(acc.get(k)) for k in ("candidate_error", "baseline_error", "ratio")}}
     # Across bundles the sides are the same variant in two environments: name the bundles.
     cand = r.get("candidate_label") or _side(r.get("variant"))
     base = r.get("baseline_label") or _side(acc.get("baseline"))
@@ -89,7 +89,7 @@ def decision_line(r: Mapping[str, Any]) -> str | None:
     if not d:
         return None
     line = f"{d.get('rule')}: {d.get('flips')} of {d.get('total')} decisions flip"
-    budget = _float(d.get("budget"))
+    budget = as_float(d.get("budget"))
     if budget:
         line += f" (budget {budget:.3g} of them)"
     if d.get("near_ties"):
@@ -102,7 +102,7 @@ def shift_line(r: Mapping[str, Any]) -> str | None:
         return None
     from detharness.compare.shift import shift_text
 
-    return shift_text({k: _float(r["shift"].get(k)) for k in ("psi", "wasserstein", "jsd")})
+    return shift_text({k: as_float(r["shift"].get(k)) for k in ("psi", "wasserstein", "jsd")})
 
 
 def notable_lines(r: Mapping[str, Any]) -> list[str]:
@@ -110,7 +110,7 @@ def notable_lines(r: Mapping[str, Any]) -> list[str]:
     flipped, the candidate is further from float64 than rounding explains, or a feature's PSI reads
     0.1 or more. Empty for everything else (-v, JSON and HTML have it all)."""
     d, acc, shift = r.get("decision"), r.get("accuracy"), r.get("shift")
-    psi = _float(shift.get("psi")) if isinstance(shift, Mapping) else None
+    psi = as_float(shift.get("psi")) if isinstance(shift, Mapping) else None
     lines = [accuracy_line(r) if isinstance(acc, Mapping) and acc.get("reading") == "candidate-worse" else None,
              decision_line(r) if isinstance(d, Mapping) and d.get("flips") else None,
              shift_line(r) if psi is not None and psi >= 0.1 else None]

@@ -32,6 +32,7 @@ from typing import Any
 from detharness.errors import UsageError
 from detharness.report._format import (
     accuracy_line,
+    as_float,
     decision_line,
     headline,
     notable,
@@ -125,7 +126,7 @@ def _row(index: int, r: Mapping[str, Any], figures: Mapping[int, Mapping[str, An
         plots.append(("ulp-histogram", "ULP distances (log2 bins)", svg.histogram(r["ulp_histogram"])))
     fd = r.get("first_divergence")
     if detailed and isinstance(fd, Mapping) and isinstance(fd.get("curve"), list) and fd["curve"]:
-        points = [(str(row.get("layer")), _as_float(row.get("max_scaled"))) for row in fd["curve"]]
+        points = [(str(row.get("layer")), as_float(row.get("max_scaled"))) for row in fd["curve"]]
         first = next((i for i, (name, _) in enumerate(points) if name == str(fd.get("layer"))), None)
         plots.append(("layer-curve", "max scaled error by layer", svg.layer_curve(points, first)))
     fig = figures.get(index) if detailed else None
@@ -160,13 +161,6 @@ def _divergence_line(r: Mapping[str, Any]) -> str | None:
     from detharness.bisect import line
 
     return line(fd)
-
-
-def _as_float(value: Any) -> float | None:
-    try:
-        return None if value is None or isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _detailed(results: list[Mapping[str, Any]]) -> set[int]:
