@@ -54,8 +54,11 @@ def folder() -> Path:
 
 
 def jax_folder() -> Path:
-    """Where jax's persistent compilation cache goes."""
-    return folder() / "jax"
+    """Where jax's persistent compilation cache goes: one folder per architecture, so an emulated
+    aarch64 profile and the x86 host never share compiled programs (jax's key may not say which)."""
+    import platform
+
+    return folder() / "jax" / (platform.machine().lower() or "unknown")
 
 
 def enabled() -> bool:
@@ -182,18 +185,18 @@ def info() -> dict[str, Any]:
         counts = kinds.setdefault(path.parent.name, {"entries": 0, "bytes": 0})
         counts["entries"] += 1
         counts["bytes"] += size
-    jax_files, jax_bytes = _folder_bytes(jax_folder())
+    jax_files, jax_bytes = _folder_bytes(folder() / "jax")
     return {"folder": str(folder()), "enabled": enabled(),
             "entries": sum(k["entries"] for k in kinds.values()), "bytes": sum(k["bytes"] for k in kinds.values()),
             "max_bytes": max_bytes(), "kinds": dict(sorted(kinds.items())),
-            "jax": {"folder": str(jax_folder()), "files": jax_files, "bytes": jax_bytes}}
+            "jax": {"folder": str(folder() / "jax"), "files": jax_files, "bytes": jax_bytes}}
 
 
 def clear() -> dict[str, Any]:
     """Remove every entry and jax's compiles (the matrix's version overlays are left alone);
     returns :func:`info` as it was before."""
     before = info()
-    for path in (folder() / _KINDS_FOLDER, jax_folder()):
+    for path in (folder() / _KINDS_FOLDER, folder() / "jax"):
         shutil.rmtree(path, ignore_errors=True)
     return before
 

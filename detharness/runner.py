@@ -472,6 +472,17 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
         conn.send(("result", reply))
 
 
+#: The interpreter that worker processes run (default: this one). An emulated interpreter cannot
+#: start itself (no binfmt_misc): ``detharness matrix`` points this at a host-side launcher of the
+#: emulator for an emulated profile (see :mod:`detharness.emulation`).
+WORKER_PYTHON_VARIABLE = "DETHARNESS_WORKER_PYTHON"
+
+
+def worker_python() -> str:
+    """The executable that starts a worker: ``$DETHARNESS_WORKER_PYTHON``, else this interpreter."""
+    return os.environ.get(WORKER_PYTHON_VARIABLE, "").strip() or sys.executable
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "worker stopped answering"
@@ -501,6 +512,9 @@ class Worker:
 
     def start(self) -> Hello:
         ctx = multiprocessing.get_context("spawn")
+        executable = worker_python()
+        if executable != sys.executable:
+            ctx.set_executable(executable)
         parent, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, name=f"detharness-{self.backend}", daemon=True,
                                    args=(child, self.backend, self.case_paths, self.deterministic, os.getpid(),

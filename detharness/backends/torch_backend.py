@@ -371,6 +371,7 @@ class TorchBackend(Backend):
         torch export cannot see (``XLA_FLAGS``) is not in it. Raises for what it cannot describe."""
         import hashlib
         import inspect
+        import platform
         import sys
 
         from detharness import __version__, cache
@@ -407,6 +408,8 @@ class TorchBackend(Backend):
                          "python": list(sys.version_info[:2])},
             # Read from torch itself at export time: what the exporter ran with.
             "torch.cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            # ARM's plain level and x86's ATEN_CPU_CAPABILITY=default both say DEFAULT.
+            "machine": platform.machine(),
         }
 
     def export_onnx(
