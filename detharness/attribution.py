@@ -160,7 +160,15 @@ def _value(fp: Mapping[str, Any], key: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+#: Keys that name a cause before any other key separating the same environments: an emulated
+#: aarch64 profile also differs from the x86 host in Python's patch release, libc, BLAS build and
+#: the frameworks' builds, but "the ARM environments differ" is the line a reader needs.
+_FIRST_KEYS: frozenset[str] = frozenset({"machine.arch"})
+
+
 def _key_rank(key: str, prefixes: tuple[str, ...]) -> int:
+    if key in _FIRST_KEYS:
+        return -1
     head = key.split(".", 1)[0]
     if head in prefixes:
         return 0

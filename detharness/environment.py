@@ -190,6 +190,9 @@ def fingerprint() -> dict[str, Any]:
         "os.release": platform.release(),
         "os.libc": _libc(),
         "machine.arch": _arch(),
+        # Set by detharness's emulator launcher (``aarch64 qemu-7.2.22 cpu=neoverse-n1``), so that no
+        # report takes an emulated environment for silicon; None (left out of the id) on real hardware.
+        "machine.emulated": os.environ.get("DETHARNESS_EMULATED") or None,
         "cpu.model": _cpu_model(),
         "cpu.count": os.cpu_count(),
         "cpu.isa": _cpu_isa(),

@@ -44,10 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from detharness.emulation import Prepared, Unavailable
 from detharness.errors import DetHarnessError, UsageError
 from detharness.results import Outcome, Status
 
 if TYPE_CHECKING:
+    from detharness.emulation import Arch
     from detharness.record import RunRecord
 
 if sys.version_info >= (3, 11):
@@ -60,11 +62,12 @@ DEFAULT_PROFILE_TIMEOUT = 3600.0
 PIP_TIMEOUT = 1800.0
 MATRIX_KEYS = ("description", "baseline", "cases", "keyword", "tags", "backends", "device", "timeout",
                "profile_timeout", "overlays")
-PROFILE_KEYS = ("description", "env", "unset", "pins")
+PROFILE_KEYS = ("description", "env", "unset", "pins", "emulate", "cpu", "keyword", "timeout", "profile_timeout")
 # Profile names become folder names under --out and are shown in report columns.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RESERVED_SUFFIXES = (".log", ".md", ".json", ".txt")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CPU_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # An exact pin, as pip's requirement syntax spells it: the only form that makes an overlay reproducible.
 _PIN = re.compile(r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*==\s*(?P<version>[A-Za-z0-9.+!_-]+)$")
 
@@ -96,11 +99,22 @@ class Profile:
     unset: tuple[str, ...] = ()
     pins: tuple[Pin, ...] = ()
     pins_files: tuple[str, ...] = ()
+    #: An architecture to emulate (``aarch64``) and the emulated CPU model (QEMU's name).
+    emulate: str | None = None
+    cpu: str | None = None
+    #: This profile's own -k (the cases worth emulating); a command-line -k narrows it further.
+    keyword: str | None = None
+    timeout: float | None = None
+    profile_timeout: float | None = None
 
     def describe(self) -> str:
         """``ATEN_CPU_CAPABILITY=default``, ``numpy==2.2.6``: what this profile changes, in one line."""
-        parts = [f"{k}={v}" for k, v in self.env.items()] + [f"-{name}" for name in self.unset]
-        parts += [pin.requirement for pin in self.pins]
+        parts = [f"emulated {self.emulate} (QEMU, cpu {self.cpu})"] if self.emulate else []
+        parts += [f"{k}={v}" for k, v in self.env.items()] + [f"-{name}" for name in self.unset]
+        if self.emulate and self.pins_files:
+            parts.append(f"wheels {', '.join(self.pins_files)}")
+        else:
+            parts += [pin.requirement for pin in self.pins]
         return " ".join(parts) or "(as installed)"
 
 
@@ -264,8 +278,28 @@ def _profile(name: str, body: Any, where: str, base: Path) -> Profile:
             if key in pins and pins[key] != pin:
                 raise ProfileError(f"{what}: {pin.name} is pinned twice ({pins[key].version} and {pin.version})")
             pins[key] = pin
+    emulate = body.get("emulate")
+    cpu = body.get("cpu")
+    if emulate is not None:
+        from detharness import emulation
+
+        if not isinstance(emulate, str) or emulate not in emulation.ARCHES:
+            raise ProfileError(f"{what}: emulate {emulate!r}: choose from {', '.join(emulation.ARCHES)}")
+        if cpu is None:
+            cpu = emulation.ARCHES[emulate].default_cpu
+    if cpu is not None:
+        if emulate is None:
+            raise ProfileError(f"{what}: cpu {cpu!r} is only for an emulated profile (add emulate = \"aarch64\")")
+        if not isinstance(cpu, str) or not _CPU_MODEL.match(cpu):
+            raise ProfileError(f"{what}: cpu {cpu!r} is not a QEMU CPU model name (qemu-aarch64-static -cpu help)")
+    keyword = body.get("keyword")
+    if keyword is not None and (not isinstance(keyword, str) or not keyword.strip()):
+        raise ProfileError(f"{what}: keyword must be a non-empty string (a -k expression)")
     return Profile(name=name, description=_string(body.get("description", ""), f"{what} description"), env=env,
-                   unset=tuple(unset), pins=tuple(pins.values()), pins_files=tuple(pins_files))
+                   unset=tuple(unset), pins=tuple(pins.values()), pins_files=tuple(pins_files),
+                   emulate=emulate, cpu=cpu, keyword=keyword,
+                   timeout=_seconds(body.get("timeout"), f"{what} timeout"),
+                   profile_timeout=_seconds(body.get("profile_timeout"), f"{what} profile_timeout"))
 
 
 def _normalize(name: str) -> str:
@@ -315,8 +349,10 @@ def default_overlay_cache() -> Path:
     return Path(xdg) / "detharness" / "overlays"
 
 
-def overlay_key(pins: Sequence[Pin], python: str = sys.executable) -> dict[str, Any]:
+def overlay_key(pins: Sequence[Pin], python: str = sys.executable, target: Arch | None = None) -> dict[str, Any]:
     """What an overlay was built for: its pins, and the interpreter and platform its wheels fit."""
+    if target is not None:  # wheels for an emulated interpreter: Debian's CPython 3.11 on that machine
+        return {"pins": sorted(p.requirement for p in pins), "python": f"cpython-311 {target.name}"}
     info = subprocess.run([python, "-c", "import sys, platform; print(sys.implementation.cache_tag, platform.machine())"],
                           capture_output=True, text=True, check=False, timeout=60)
     tag = info.stdout.strip() if info.returncode == 0 else f"{platform.python_implementation()} {platform.machine()}"
@@ -324,14 +360,18 @@ def overlay_key(pins: Sequence[Pin], python: str = sys.executable) -> dict[str, 
 
 
 def ensure_overlay(pins: Sequence[Pin], cache: Path, *, python: str = sys.executable,
-                   log: Callable[[str], None] = lambda _: None) -> tuple[Path, bool]:
+                   log: Callable[[str], None] = lambda _: None, target: Arch | None = None) -> tuple[Path, bool]:
     """The overlay folder for ``pins``, installed now or reused; returns (folder, reused).
 
     The install goes into a temporary folder that is renamed into place only after pip succeeded and
     the stamp is written, so a half-installed overlay (pip killed, disk full) is never reused.
     ``--only-binary`` keeps pip from compiling numpy from source when a wheel is missing.
+
+    With ``target`` (an emulated architecture), the host's pip installs that platform's wheels, and
+    the host writes their bytecode: the emulated interpreter does not write any (the host's
+    ``PYTHONDONTWRITEBYTECODE`` reaches it) and would compile every module it imports, emulated.
     """
-    key = overlay_key(pins, python)
+    key = overlay_key(pins, python, target)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     final = cache / digest
     if _stamp_matches(final, key):
@@ -340,7 +380,8 @@ def ensure_overlay(pins: Sequence[Pin], cache: Path, *, python: str = sys.execut
     temp = cache / f".tmp-{digest}-{os.getpid()}"
     shutil.rmtree(temp, ignore_errors=True)
     command = [python, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--no-input",
-               "--disable-pip-version-check", "--quiet", "--target", str(temp), *key["pins"]]
+               "--disable-pip-version-check", "--quiet", "--target", str(temp),
+               *(target.pip_target_args() if target is not None else []), *key["pins"]]
     log(f"installing {' '.join(key['pins'])} into {final}")
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=PIP_TIMEOUT)
@@ -351,6 +392,15 @@ def ensure_overlay(pins: Sequence[Pin], cache: Path, *, python: str = sys.execut
         shutil.rmtree(temp, ignore_errors=True)
         raise SetupError(f"pip install {' '.join(key['pins'])} failed (exit {done.returncode}): "
                          f"{_last_line(done.stderr, prefer=('ERROR:',)) or _last_line(done.stdout)}")
+    if target is not None:
+        from detharness.emulation.sysroot import compile_tree
+
+        log(f"compiling the {target.name} wheels' bytecode")
+        try:
+            compile_tree(temp, python=python)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
     (temp / STAMP).write_text(json.dumps({**key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
     if _stamp_matches(final, key):  # another matrix built it meanwhile; theirs is as good
         shutil.rmtree(temp, ignore_errors=True)
@@ -399,6 +449,8 @@ class ProfileOutcome:
     torch_cpu_capability: str | None = None
     versions: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: ``aarch64 qemu-7.2.22 cpu=neoverse-n1`` for an emulated profile (``machine.emulated``).
+    emulated: str | None = None
     command: str = ""
     # The bundle as read back after the run (every array's hash checked): the report compares this
     # one rather than reading and hashing the bundle a second time.
@@ -448,26 +500,44 @@ def profile_environment(profile: Profile, overlay: Path | None, base: Mapping[st
 
 
 def run_command(spec: MatrixSpec, bundle: Path, *, keyword: str | None, inputs_from: Path | None,
-                python: str = sys.executable) -> list[str]:
-    """The ``detharness run`` command line of one profile."""
+                python: str = sys.executable, profile: Profile | None = None) -> list[str]:
+    """The ``detharness run`` command line of one profile.
+
+    A profile's own ``keyword`` narrows the matrix's (or the command line's) ``-k``; its ``timeout``
+    replaces the matrix's. An emulated profile names the built-in cases' folder when the matrix
+    names none: the emulated interpreter cannot see where the host installed them.
+    """
     command = [python, "-m", "detharness", "run", "--out", str(bundle), "--device", spec.device]
-    for path in spec.cases:
+    cases = spec.cases
+    if not cases and profile is not None and profile.emulate:
+        from detharness.cases import builtin_cases_path
+
+        cases = [str(builtin_cases_path())]
+    for path in cases:
         command += ["--cases", path]
-    if keyword or spec.keyword:
-        command += ["-k", keyword or spec.keyword or ""]
+    expressions = [k for k in (profile.keyword if profile else None, keyword or spec.keyword) if k]
+    if expressions:
+        command += ["-k", expressions[0] if len(expressions) == 1 else " and ".join(f"({k})" for k in expressions)]
     for tag in spec.tags:
         command += ["--tag", tag]
     for backend in spec.backends:
         command += ["--backend", backend]
-    if spec.timeout is not None:
-        command += ["--timeout", f"{spec.timeout:g}"]
+    timeout = profile.timeout if profile is not None and profile.timeout is not None else spec.timeout
+    if timeout is not None:
+        command += ["--timeout", f"{timeout:g}"]
     if inputs_from is not None:
         command += ["--inputs-from", str(inputs_from)]
     return command
 
 
 def _check_outcome(outcome: ProfileOutcome, profile: Profile, environment: Mapping[str, Any]) -> None:
-    """Record what really ran, and fail a profile whose pins did not take effect."""
+    """Record what really ran, and fail a profile whose pins or emulation did not take effect."""
+    if profile.emulate and (environment.get("machine.arch") != profile.emulate
+                            or environment.get("machine.emulated") != outcome.emulated):
+        outcome.status = "run failed"
+        outcome.reason = (f"the run was not emulated as asked: machine.arch={environment.get('machine.arch')}, "
+                          f"machine.emulated={environment.get('machine.emulated')}")
+        return
     outcome.torch_cpu_capability = environment.get("torch.cpu_capability")
     asked = profile.env.get("ATEN_CPU_CAPABILITY")
     used = outcome.torch_cpu_capability
@@ -511,34 +581,57 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
         outcome = ProfileOutcome(name=profile.name, changes=profile.describe())
         outcomes.append(outcome)
         tag = f"[{index}/{len(profiles)}] {profile.name}"
+        log = functools.partial(_tagged, progress, tag)
         overlay: Path | None = None
-        if profile.pins:
-            try:
-                overlay, reused = ensure_overlay(profile.pins, cache, python=python,
-                                                 log=functools.partial(_tagged, progress, tag))
-            except SetupError as exc:
-                outcome.status, outcome.reason = "setup failed", str(exc)
-                outcome.seconds = round(time.perf_counter() - start, 1)
-                progress(f"{tag}: setup failed: {exc}")
-                continue
+        emulated: Prepared | None = None
+        try:
+            if profile.emulate:
+                emulated, overlay, reused = _prepare_emulated(profile, cache, python=python, log=log)
+                outcome.emulated = emulated.label
+            elif profile.pins:
+                overlay, reused = ensure_overlay(profile.pins, cache, python=python, log=log)
+        except SetupError as exc:
+            outcome.status, outcome.reason = "setup failed", str(exc)
+        except Unavailable as exc:
+            outcome.status, outcome.reason = "skipped", str(exc)
+        if outcome.status != "ok":
+            outcome.seconds = round(time.perf_counter() - start, 1)
+            progress(f"{tag}: {outcome.status}: {outcome.reason}")
+            continue
+        if overlay is not None:
             outcome.overlay, outcome.overlay_reused = shown_path(overlay), reused
         bundle = out_dir / profile.name
         log_path = out_dir / f"{profile.name}.log"
-        command = run_command(spec, bundle, keyword=keyword, inputs_from=inputs_from, python=python)
+        command = run_command(spec, bundle, keyword=keyword, inputs_from=inputs_from, python=python, profile=profile)
+        if emulated is not None:  # the launcher starts the emulated interpreter with the same arguments
+            assert overlay is not None
+            command[0] = str(emulated.launcher)
+            environment = emulation_environment(emulated, overlay, profile.env, profile.unset)
+            outcome.notes += emulated.notes
+            words = ["env", *[f"-u {v}" for v in emulated.unset if v in os.environ],
+                     *[f"{k}={shown_path(v) if k != 'DETHARNESS_EMULATED' else v}" for k, v in
+                       {**emulated.env, "PYTHONPATH": f"{overlay}{os.pathsep}{emulated.env['PYTHONPATH']}",
+                        **profile.env}.items()]]
+            outcome.command = " ".join([*words, shlex.quote(shown_path(emulated.launcher)),
+                                        *(shlex.quote(part) for part in command[1:])])
+        else:
+            environment = profile_environment(profile, overlay)
+            outcome.command = " ".join(shlex.quote(part) for part in [*_env_words(profile, overlay), "detharness",
+                                                                       *command[3:]])
         if intermediates:  # every profile records its layers; with --inputs-from, their shadows too
             command.append("--intermediates")
-        outcome.command = " ".join(shlex.quote(part) for part in [*_env_words(profile, overlay), "detharness",
-                                                                   *command[3:]])
+            outcome.command += " --intermediates"
         outcome.log = shown_path(log_path)
+        profile_timeout = profile.profile_timeout or spec.profile_timeout
         progress(f"{tag}: running with {profile.describe()}")
         try:
             with open(log_path, "w", encoding="utf-8") as log_file:
                 done = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, check=False,
-                                      env=profile_environment(profile, overlay), timeout=spec.profile_timeout)
+                                      env=environment, timeout=profile_timeout)
             outcome.exit_code = done.returncode
         except subprocess.TimeoutExpired:
             outcome.status = "run failed"
-            outcome.reason = f"took longer than {spec.profile_timeout:.0f}s (see {outcome.log})"
+            outcome.reason = f"took longer than {profile_timeout:.0f}s (see {outcome.log})"
         outcome.seconds = round(time.perf_counter() - start, 1)
         if outcome.status == "ok":
             if outcome.exit_code not in (0, 1) or not (bundle / "manifest.json").exists():
@@ -561,6 +654,29 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
         note = f" ({'; '.join(outcome.notes)})" if outcome.notes else ""
         progress(f"{tag}: {outcome.status}{': ' + outcome.reason if outcome.reason else ''} in {outcome.seconds:.1f}s{note}")
     return outcomes
+
+
+def _prepare_emulated(profile: Profile, cache: Path, *, python: str,
+                      log: Callable[[str], None]) -> tuple[Prepared, Path, bool]:
+    """An emulated profile's interpreter and its wheels: detharness's own requirements at this
+    machine's versions, unless the profile pins them, and the profile's pins."""
+    from detharness import emulation
+
+    assert profile.emulate is not None
+    emulation.check_available(profile.emulate)  # no download for a profile that cannot run here
+    pins = {_normalize(name): Pin(name, version)
+            for name, version in emulation.host_versions(emulation.RUNTIME_REQUIREMENTS).items()}
+    pins.update({_normalize(pin.name): pin for pin in profile.pins})
+    target = emulation.arch(profile.emulate)
+    site, reused = ensure_overlay(list(pins.values()), cache, python=python, log=log, target=target)
+    prepared = emulation.prepare(profile.emulate, profile.cpu, cache / "emulation", log=log, python=python)
+    return prepared, site, reused
+
+
+def emulation_environment(prepared: Prepared, site: Path, env: Mapping[str, str], unset: Sequence[str]) -> dict[str, str]:
+    from detharness import emulation
+
+    return emulation.environment(prepared, site, env, unset)
 
 
 def shown_path(path: str | os.PathLike[str]) -> str:
@@ -629,6 +745,9 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
             # Nothing to compare it with: its errors would show nowhere else.
             results.append(checks.new_result("matrix", "", f"profile {o.name}", Status.ERROR,
                                               f"profile {o.name} ({o.changes}): {o.status}: {o.reason}"))
+        elif o.status == "skipped":  # cannot run on this machine (no emulator): said, not failed
+            results.append(checks.new_result("matrix", "", f"profile {o.name}", Status.SKIPPED,
+                                              f"profile {o.name} ({o.changes}): skipped: {o.reason}"))
         elif not o.ran:
             results.append(checks.new_result("matrix", "", f"profile {o.name}", Status.ERROR,
                                               f"profile {o.name} ({o.changes}): {o.status}: {o.reason}"))
