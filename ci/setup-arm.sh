@@ -20,6 +20,10 @@ if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg >/dev/null 2>&1; th
   echo "ci/setup-arm.sh: needs a Debian-like system (apt-get, dpkg)" >&2
   exit 2
 fi
+if command -v qemu-aarch64-static >/dev/null 2>&1 && compgen -G "$debs/python3.11-minimal_*_arm64.deb" >/dev/null; then
+  echo "ci/setup-arm.sh: already set up ($(qemu-aarch64-static --version | head -1); packages in $debs)"
+  exit 0
+fi
 export DEBIAN_FRONTEND=noninteractive
 added=0
 if ! dpkg --print-foreign-architectures | grep -qx arm64; then
@@ -38,6 +42,8 @@ if ! command -v qemu-aarch64-static >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
 fi
 mkdir -p "$debs"
+# apt downloads as its own unprivileged user where that user can write the folder
+if id _apt >/dev/null 2>&1; then chown _apt "$debs"; fi
 rm -f "$debs"/*.deb.partial
 (
   cd "$debs"
