@@ -40,7 +40,7 @@ from detharness.report._format import (
     shift_line,
     skipped_reasons,
 )
-from detharness.report.sections import IDENTICAL_ROWS, known_reasons
+from detharness.report.sections import IDENTICAL_ROWS, emulated_environments, known_reasons
 from detharness.results import QUIET, Status
 
 #: Failures that get a sentence in the banner (the first BANNER_OPEN shown, the others folded); the
@@ -51,7 +51,7 @@ BANNER_OPEN = 12
 #: first; the others keep their table row. A matrix has thousands of close results.
 MAX_DETAILED = 400
 #: Fingerprint keys shown first in the environments table.
-_ENV_FIRST = ("python.version", "machine.arch", "cpu.model", "numpy.version", "torch.version",
+_ENV_FIRST = ("python.version", "machine.arch", "machine.emulated", "cpu.model", "numpy.version", "torch.version",
               "torch.cpu_capability", "onnxruntime.version", "jax.version", "gpu.name")
 _COLOURS = {"identical": "#d8f0dc", "close": "#eaf6d6", "known": "#e3e8f0", "skipped": "#eeeeee", "missing": "#fff1c2",
             "flipped": "#ffd8a8", "diverged": "#ffc9c9", "mismatch": "#ffb4a2", "error": "#e8b4d8"}
@@ -216,6 +216,9 @@ def _environments(report: Mapping[str, Any]) -> dict[str, Any]:
         rows.append({"key": key, "values": ["" if v is None else str(v) for v in values],
                      "differs": len({repr(v) for v in values}) > 1})
     rows.sort(key=lambda row: not row["differs"])  # what differs first
+    for e in ids:  # an emulated environment says so wherever it is named
+        if envs[e].get("machine.emulated"):
+            labels[e] = f"{labels[e]} (emulated)".strip()
     return {"columns": [{"id": e[:12], "label": labels[e]} for e in ids], "rows": rows, "unset": unset,
             "differing": sum(row["differs"] for row in rows)}
 
@@ -245,7 +248,7 @@ def _banner(report: Mapping[str, Any]) -> dict[str, Any]:
     return {"counts": [(s, n) for s, n in summary.items() if s != Status.SKIPPED], "ran": sum(ran.values()), "skipped": summary.get(Status.SKIPPED.value, 0),
             "skip_reasons": skipped_reasons(report["results"]), "failures": sentences,
             "failures_more": max(0, len(failures) - BANNER_FAILURES), "failed": len(failures), "verdict": verdict,
-            "known": known_reasons(report)}
+            "known": known_reasons(report), "emulated": emulated_environments(report)}
 
 
 def page(report: Mapping[str, Any]) -> dict[str, Any]:

@@ -111,6 +111,32 @@ def text_failures_brief(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def emulated_environments(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, what is emulated) for each environment that ran under an emulator (``machine.emulated``):
+    the label a matrix gave it, else its id. Said in every report so no one reads it as silicon."""
+    envs: Mapping[str, Mapping[str, Any]] = report.get("environments") or {}
+    labels = {eid: label for label, eid in ((report.get("matrix") or {}).get("ids") or {}).items()}
+    return [(labels.get(eid) or str(eid)[:12], str(fp["machine.emulated"]))
+            for eid, fp in envs.items() if fp.get("machine.emulated")]
+
+
+def text_emulated(report: Mapping[str, Any]) -> list[str]:
+    emulated = emulated_environments(report)
+    if not emulated:
+        return []
+    return ["", "emulated, not silicon (QEMU user mode: real aarch64 builds and kernels, not real hardware):",
+            *[f"  {terminal_safe(label)}: {terminal_safe(what)}" for label, what in emulated]]
+
+
+def markdown_emulated(report: Mapping[str, Any]) -> list[str]:
+    emulated = emulated_environments(report)
+    if not emulated:
+        return []
+    named = "; ".join(f"{md_code(label)} ({md_text(what)})" for label, what in emulated)
+    return [f"Emulated, not silicon: {named}. QEMU user mode runs the real aarch64 builds and their kernels, "
+            "not real hardware.", ""]
+
+
 def text_skipped_brief(report: Mapping[str, Any]) -> list[str]:
     skipped = skipped_reasons(report["results"])
     if not skipped:
@@ -330,9 +356,12 @@ def markdown_environments(report: Mapping[str, Any]) -> list[str]:
     envs = report.get("environments") or {}
     if not envs:
         return []
-    rows = [[md_code(str(eid)[:12]), *[md_text(fp.get(k, "")) for k in _ENV_KEYS]] for eid, fp in envs.items()]
+    keys = list(_ENV_KEYS)
+    if any(fp.get("machine.emulated") for fp in envs.values()):
+        keys.insert(keys.index("machine.arch") + 1, "machine.emulated")
+    rows = [[md_code(str(eid)[:12]), *[md_text(fp.get(k) or "") for k in keys]] for eid, fp in envs.items()]
     return ["<details><summary>Environments</summary>", "",
-            tabulate(rows, headers=["id", *_ENV_KEYS], tablefmt="github", disable_numparse=True), "", "</details>", ""]
+            tabulate(rows, headers=["id", *keys], tablefmt="github", disable_numparse=True), "", "</details>", ""]
 
 
 def markdown_failures(report: Mapping[str, Any]) -> list[str]:
@@ -379,7 +408,7 @@ def markdown_skipped(report: Mapping[str, Any]) -> list[str]:
 
 # Text: the brief report (the default) is the summary line (text.render), skip reasons, one line per
 # failure, known divergences and the N-way sections; -v adds every result and each failure in full.
-for _section in (Section("skipped-brief", text_skipped_brief, "brief"),
+for _section in (Section("emulated", text_emulated), Section("skipped-brief", text_skipped_brief, "brief"),
                  Section("failures-brief", text_failures_brief, "brief"),
                  Section("findings", text_findings), Section("divergences", text_divergences),
                  Section("stale", text_stale),
@@ -390,7 +419,8 @@ for _section in (Section("skipped-brief", text_skipped_brief, "brief"),
 # Markdown: the summary, then the N-way sections (profiles, attribution, matrix: with many
 # environments they say in a few lines what hundreds of failure rows repeat), the failures in full,
 # every result grouped by case (passing cases folded), and the reference sections last.
-for _section in (Section("summary", markdown_summary), Section("findings", markdown_findings),
+for _section in (Section("emulated", markdown_emulated), Section("summary", markdown_summary),
+                 Section("findings", markdown_findings),
                  Section("divergences", markdown_divergences),
                  Section("stale", markdown_stale), Section("n-way", markdown_sections),
                  Section("failures", markdown_failures), Section("cases", markdown_cases),
