@@ -42,6 +42,17 @@ def test_one_key_separates_and_the_backends_own_key_ranks_first() -> None:
     assert separating_keys(differing, agreeing) == [("env.ATEN_CPU_CAPABILITY",), ("torch.cpu_capability",)]
 
 
+def test_the_architecture_is_named_before_the_keys_that_come_with_it() -> None:
+    """An emulated aarch64 profile also differs in Python's patch release, the BLAS build and the
+    backend's own keys; the line a reader needs says the architecture."""
+    arm = fp(machine__arch="aarch64", python__version="3.11.2", blas__architecture="neoversen1",
+             torch__cpu_capability="DEFAULT", machine__emulated="aarch64 qemu-7.2.22 cpu=neoverse-n1")
+    x86 = fp(machine__arch="x86_64", python__version="3.11.7", blas__architecture="Haswell")
+    found = separating_keys([arm], [x86], prefer=("torch",))
+    assert found[0] == ("machine.arch",)
+    assert ("torch.cpu_capability",) in found[1:] and ("python.version",) in found[1:]
+
+
 def test_volatile_keys_never_explain_anything() -> None:
     assert separating_keys([fp(cpu__count=4)], [fp()]) == []
 
