@@ -59,6 +59,10 @@ else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport (a de
 
 STAMP = ".detharness-overlay.json"
 DEFAULT_PROFILE_TIMEOUT = 3600.0
+DEFAULT_VARIANT_TIMEOUT = 600.0  # detharness run's --timeout
+#: How much longer an emulated profile may take, per variant and in all, unless it says its own
+#: timeout: emulation runs whole programs about 13x slower, matrix products up to 450x.
+EMULATION_SLOWDOWN = 10
 PIP_TIMEOUT = 1800.0
 MATRIX_KEYS = ("description", "baseline", "cases", "keyword", "tags", "backends", "device", "timeout",
                "profile_timeout", "overlays")
@@ -523,6 +527,8 @@ def run_command(spec: MatrixSpec, bundle: Path, *, keyword: str | None, inputs_f
     for backend in spec.backends:
         command += ["--backend", backend]
     timeout = profile.timeout if profile is not None and profile.timeout is not None else spec.timeout
+    if profile is not None and profile.emulate and profile.timeout is None:
+        timeout = (timeout or DEFAULT_VARIANT_TIMEOUT) * EMULATION_SLOWDOWN
     if timeout is not None:
         command += ["--timeout", f"{timeout:g}"]
     if inputs_from is not None:
@@ -622,7 +628,7 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
             command.append("--intermediates")
             outcome.command += " --intermediates"
         outcome.log = shown_path(log_path)
-        profile_timeout = profile.profile_timeout or spec.profile_timeout
+        profile_timeout = profile.profile_timeout or spec.profile_timeout * (EMULATION_SLOWDOWN if profile.emulate else 1)
         progress(f"{tag}: running with {profile.describe()}")
         try:
             with open(log_path, "w", encoding="utf-8") as log_file:

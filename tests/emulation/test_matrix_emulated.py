@@ -60,6 +60,14 @@ def test_an_emulated_profile_takes_the_default_cpu_and_its_own_keyword_and_timeo
     assert arm_command[arm_command.index("--timeout") + 1] == "900"
     # the emulated interpreter cannot find an installed case library: it is named
     assert "--cases" in arm_command and "--cases" not in host_command
+    # without a timeout of its own, an emulated profile gets the matrix's, scaled for emulation
+    unset = spec_of("""
+        [profiles.host]
+        [profiles.arm]
+        emulate = "aarch64"
+    """)
+    scaled = run_command(unset, Path("b"), keyword=None, inputs_from=None, profile=unset.profiles[1])
+    assert float(scaled[scaled.index("--timeout") + 1]) == 600 * 10
 
 
 @pytest.mark.parametrize(("body", "message"), [
