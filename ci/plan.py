@@ -22,8 +22,9 @@ from pathlib import Path
 
 PINS = Path(__file__).resolve().parent / "pins"
 CPU_RUNNERS = (("cpu-x86_64", "ubuntu-latest"), ("cpu-arm64", "ubuntu-24.04-arm"))
-# The base pin sets; every other pins file is a version set laid over cpu.txt.
-BASE_PINS = ("cpu.txt", "cuda.txt")
+# The base pin sets, and the emulated aarch64 site of ci/profiles-arm.toml (a whole platform's
+# wheels, not a version set); every other pins file is a version set laid over cpu.txt.
+BASE_PINS = ("cpu.txt", "cuda.txt", "arm-aarch64.txt")
 # GitHub runs at most 256 jobs from one matrix.
 MAX_JOBS = 256
 

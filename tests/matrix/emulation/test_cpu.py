@@ -1,4 +1,4 @@
-"""detharness.emulation.cpu: HWCAP names, MIDR fields, /proc/cpuinfo and the sysfs tree, and the probe
+"""detharness.matrix.emulation.cpu: HWCAP names, MIDR fields, /proc/cpuinfo and the sysfs tree, and the probe
 run under the real emulator (skipped where qemu-aarch64-static or the arm64 packages are missing)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detharness.emulation import cpu as C
-from detharness.emulation.cpu import (
+from detharness.matrix.emulation import cpu as C
+from detharness.matrix.emulation.cpu import (
     HWCAP2_NAMES,
     HWCAP_NAMES,
     KNOWN_MIDR,

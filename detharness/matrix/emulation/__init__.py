@@ -19,7 +19,7 @@ What a profile needs, and who provides it:
   Without it ``import torch`` crashes on the host's x86 ``/proc/cpuinfo``, and XLA compiles for
   features the emulated CPU does not have.
 * **The wheels**: the profile's exact pins, downloaded for ``manylinux_*_aarch64`` by the host's
-  pip into an overlay of their own (:func:`detharness.matrix.ensure_overlay`).
+  pip into an overlay of their own (:func:`detharness.matrix.overlays.ensure_overlay`).
 * **A launcher** on the host: a shell script that execs the emulator. The emulated Python cannot
   start a subprocess of itself (no binfmt_misc), so its worker processes are started through the
   launcher (``DETHARNESS_WORKER_PYTHON``, see :func:`detharness.runner.worker_python`).
@@ -164,7 +164,9 @@ def source_folder(cache: Path) -> Path:
     """A folder holding only ``detharness`` (a link to this package): what the emulated Python puts
     on its path. The package's own parent may be a virtual environment's site-packages, whose x86
     wheels the emulated interpreter must never see."""
-    package = Path(__file__).resolve().parent.parent
+    import detharness
+
+    package = Path(detharness.__file__).resolve().parent
     folder = cache / "src" / hashlib.sha256(str(package).encode()).hexdigest()[:16]
     link = folder / "detharness"
     if link.is_symlink() and Path(os.readlink(link)) == package:
@@ -187,7 +189,7 @@ def host_versions(names: Sequence[str]) -> dict[str, str]:
 
 def check_available(arch_name: str) -> None:
     """Raise :class:`Unavailable` now, before any download, where this machine cannot emulate."""
-    from detharness.emulation import sysroot
+    from detharness.matrix.emulation import sysroot
 
     target = arch(arch_name)
     find_emulator(target)
@@ -199,11 +201,11 @@ def prepare(arch_name: str, cpu: str | None, cache: Path, *,
     """The emulated interpreter of an emulated profile, built now or reused from ``cache``.
 
     Raises :class:`Unavailable` where this machine cannot emulate (the profile is then skipped) and
-    :class:`detharness.matrix.SetupError` where it could but building failed. The wheels are the
+    :class:`detharness.matrix.overlays.SetupError` where it could but building failed. The wheels are the
     caller's (:func:`environment` puts them on the path).
     """
-    from detharness.emulation import cpu as cpu_mod
-    from detharness.emulation import sysroot
+    from detharness.matrix.emulation import cpu as cpu_mod
+    from detharness.matrix.emulation import sysroot
 
     target = arch(arch_name)
     model = cpu or target.default_cpu

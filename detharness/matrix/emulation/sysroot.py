@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from detharness.emulation import Arch, Emulator, Unavailable, stamp_matches, write_stamp
+from detharness.matrix.emulation import Arch, Emulator, Unavailable, stamp_matches, write_stamp
 
 #: Which top-level folders of the extracted packages the emulated process may see through ``-L``.
 #: Anything else (``tmp``, ``home``, ``root``, ``var``...) would hide the host's folder of that name
@@ -53,7 +53,7 @@ def find_debs(folder: Path, target: Arch) -> list[Path]:
 def ensure_sysroot(target: Arch, debs_folder: Path, cache: Path, *, python: str = sys.executable,
                    log: Callable[[str], None] = lambda _: None) -> Path:
     """The extracted, precompiled root folder of ``target``'s Python (built now or reused)."""
-    from detharness.matrix import SetupError
+    from detharness.matrix.overlays import SetupError
 
     debs = find_debs(debs_folder, target)
     if shutil.which("dpkg-deb") is None:
@@ -112,7 +112,7 @@ def _relative_links(root: Path) -> None:
 def compile_tree(folder: Path, *, python: str = sys.executable) -> None:
     """Write bytecode for ``folder`` with the host's interpreter, where it is the same Python minor
     version (bytecode is portable across architectures; its magic number changes per minor)."""
-    from detharness.matrix import SetupError
+    from detharness.matrix.overlays import SetupError
 
     info = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2] == (3, 11))"],
                           capture_output=True, text=True, check=False, timeout=60)
@@ -133,8 +133,8 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
                     log: Callable[[str], None] = lambda _: None) -> Path:
     """The ``-L`` root folder for one CPU model: the sysroot's folders plus that model's
     ``/proc/cpuinfo`` and ``/sys/devices/system/cpu``, described from what QEMU exposes."""
-    from detharness.emulation import cpu as cpu_mod
-    from detharness.matrix import SetupError
+    from detharness.matrix.emulation import cpu as cpu_mod
+    from detharness.matrix.overlays import SetupError
 
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     key = {"sysroot": sysroot.name, "emulator": [emulator.path, emulator.version], "cpu": model, "count": count,

@@ -1,4 +1,4 @@
-"""detharness.emulation.sysroot: the launcher, absolute links made relative, and the one-line reasons
+"""detharness.matrix.emulation.sysroot: the launcher, absolute links made relative, and the one-line reasons
 a machine cannot emulate (no packages), without starting the emulator."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from detharness import emulation
-from detharness.emulation import Emulator, Unavailable, sysroot
+from detharness.matrix import emulation
+from detharness.matrix.emulation import Emulator, Unavailable, sysroot
 
 
 def test_absolute_links_inside_the_root_become_relative(tmp_path: Path) -> None:

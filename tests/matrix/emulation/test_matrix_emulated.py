@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from detharness import emulation
-from detharness.emulation import Emulator, Prepared, Unavailable
-from detharness.matrix import ProfileError, load_profiles, parse_profiles, run_command
+from detharness.matrix import ProfileError, emulation, load_profiles, parse_profiles, run_command
+from detharness.matrix.emulation import Emulator, Prepared, Unavailable
 from tests.conftest import ROOT, run_cli
 
 
@@ -103,7 +102,7 @@ def test_the_emulated_environment_drops_misleading_host_variables_and_never_the_
 def test_the_source_folder_holds_only_detharness(tmp_path: Path) -> None:
     folder = emulation.source_folder(tmp_path)
     assert [p.name for p in folder.iterdir()] == ["detharness"]
-    assert (folder / "detharness").resolve() == Path(emulation.__file__).resolve().parent.parent
+    assert (folder / "detharness").resolve() == ROOT / "detharness"
     assert emulation.source_folder(tmp_path) == folder  # reused
 
 
