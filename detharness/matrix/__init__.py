@@ -60,6 +60,7 @@ from detharness.matrix.run import (
     array_source,
     matrix_report,
     profile_environment,
+    reproduce_line,
     run_command,
     run_matrix,
     shown_path,
@@ -69,6 +70,7 @@ __all__ = [
     "DEFAULT_PROFILE_TIMEOUT", "DEFAULT_VARIANT_TIMEOUT", "EMULATION_SLOWDOWN", "MATRIX_KEYS", "PIP_TIMEOUT",
     "PROFILE_KEYS", "RAN_STATUSES", "STAMP", "MatrixSpec", "Pin", "Profile", "ProfileError", "ProfileOutcome",
     "SetupError", "_check_outcome", "array_source", "default_overlay_cache", "ensure_overlay", "load_profiles",
-    "matrix_report", "overlay_key", "parse_pins", "parse_profiles", "profile_environment", "run_command", "run_matrix",
+    "matrix_report", "overlay_key", "parse_pins", "parse_profiles", "profile_environment", "reproduce_line", "run_command",
+    "run_matrix",
     "shown_path",
 ]

@@ -210,16 +210,13 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
             command[0] = str(emulated.launcher)
             environment = emulation_environment(emulated, overlay, profile.env, profile.unset)
             outcome.notes += emulated.notes
-            words = ["env", *[f"-u {v}" for v in emulated.unset if v in os.environ],
-                     *[f"{k}={shown_path(v) if k != 'DETHARNESS_EMULATED' else v}" for k, v in
-                       {**emulated.env, "PYTHONPATH": f"{overlay}{os.pathsep}{emulated.env['PYTHONPATH']}",
-                        **profile.env}.items()]]
-            outcome.command = " ".join([*words, shlex.quote(shown_path(emulated.launcher)),
-                                        *(shlex.quote(part) for part in command[1:])])
+            removed = [v for v in emulated.unset if v in os.environ and v not in profile.env] + list(profile.unset)
+            outcome.command = reproduce_line(
+                {**emulated.env, "PYTHONPATH": environment["PYTHONPATH"], **profile.env}, removed, command)
         else:
             environment = profile_environment(profile, overlay)
-            outcome.command = " ".join(shlex.quote(part) for part in [*_env_words(profile, overlay), "detharness",
-                                                                       *command[3:]])
+            outcome.command = reproduce_line({**profile.env, **({"PYTHONPATH": str(overlay)} if overlay else {})},
+                                             profile.unset, ["detharness", *command[3:]])
         if intermediates:  # every profile records its layers; with --inputs-from, their shadows too
             command.append("--intermediates")
             outcome.command += " --intermediates"
@@ -290,15 +287,31 @@ def shown_path(path: str | os.PathLike[str]) -> str:
     return str(path)
 
 
-def _env_words(profile: Profile, overlay: Path | None) -> list[str]:
-    """``env -u X A=1 PYTHONPATH=...`` for the reproduce line of a profile."""
-    words = ["env"] if profile.env or profile.unset or overlay is not None else []
-    for variable in profile.unset:
+def reproduce_line(variables: Mapping[str, str], unset: Sequence[str], command: Sequence[str]) -> str:
+    """``env -u X A=1 PYTHONPATH="$HOME/..." detharness run ...``: a profile's command as a shell line
+    that runs as it stands, showing paths as reports do (from ``$HOME``, never the home folder)."""
+    words = ["env"] if variables or unset else []
+    for variable in unset:
         words += ["-u", variable]
-    words += [f"{k}={v}" for k, v in profile.env.items()]
-    if overlay is not None:
-        words.append(f"PYTHONPATH={shown_path(overlay)}")
-    return words
+    words += [f"{name}={_shell_word(_shown(value))}" for name, value in variables.items()]
+    return " ".join([*words, *(_shell_word(_shown(part)) for part in command)])
+
+
+def _shown(value: str) -> str:
+    """A value made of absolute paths (a path list too) with each path as :func:`shown_path` shows it."""
+    parts = value.split(os.pathsep)
+    if all(os.path.isabs(part) for part in parts):
+        return os.pathsep.join(shown_path(part) for part in parts)
+    return value
+
+
+def _shell_word(text: str) -> str:
+    """One shell word; a path from ``~`` becomes ``"$HOME/..."``, which expands wherever it stands
+    (a quoted ``~`` does not, and a bare one does not after ``=`` in an argument)."""
+    parts = text.split(os.pathsep)
+    if any(part.startswith("~/") for part in parts) and not any(c in text for c in '"$`\\!'):
+        return '"' + os.pathsep.join("$HOME/" + p[2:] if p.startswith("~/") else p for p in parts) + '"'
+    return shlex.quote(text)
 
 
 def _tagged(progress: Callable[[str], None], tag: str, line: str) -> None:

@@ -352,3 +352,16 @@ def test_a_profile_whose_run_had_errors_is_not_ok_and_its_errors_fail_the_matrix
     # Alone, its errors have nothing to surface through: the matrix reports them itself.
     alone = matrix.matrix_report(parse_profiles("[profiles.onnxruntime-1-31]\n"), outcomes[1:])
     assert [(r["check"], r["status"]) for r in alone["results"]] == [("matrix", "error")]
+
+
+def test_a_profiles_reproduce_line_runs_as_pasted_and_names_no_home_folder(tmp_path: Path) -> None:
+    home = os.path.expanduser("~")
+    line = matrix.reproduce_line(
+        {"A": "two words", "PYTHONPATH": f"{home}/.cache/o 1{os.pathsep}{home}/src", "E": "aarch64 qemu cpu=n1"},
+        ["DH_GONE"], ["python3", "-c", "import os; print(repr([os.environ.get(k) for k in "
+                                       "('A', 'PYTHONPATH', 'E', 'DH_GONE')]))"])
+    assert home + "/" not in line
+    done = subprocess.run(["bash", "-c", line], capture_output=True, text=True, check=True,
+                          env={**os.environ, "DH_GONE": "1"})
+    assert done.stdout.strip() == repr(["two words", f"{home}/.cache/o 1{os.pathsep}{home}/src", "aarch64 qemu cpu=n1",
+                                        None])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -171,3 +172,8 @@ def test_a_numpy_only_aarch64_profile_runs_emulated_end_to_end(tmp_path: Path) -
     # no report lets an emulated environment pass for silicon
     assert "emulated aarch64" in done.stdout
     assert "emulated aarch64" in (tmp_path / "m.md").read_text()
+    # the profile's reproduce line runs, pasted into a shell, emulated again
+    again = subprocess.run(["bash", "-c", profiles["arm"]["command"] + " --replace"], capture_output=True, text=True,
+                           timeout=600, cwd=Path.cwd())
+    assert again.returncode in (0, 1), again.stderr[-2000:]
+    assert json.loads((out / "arm" / "manifest.json").read_text())["environment"]["machine.emulated"] == label
