@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Replace the bundle already in --out DIR (the new one is swapped in only when complete; a "
                         "folder that is not a bundle is still refused)")
     p.add_argument("--in-process", action="store_true", help="Run everything in this process (for debugging)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="At most N worker processes per backend (default: as many as there are cores, for a backend "
+                        "whose variants would otherwise take longest; 1: one per backend). Split workers keep the "
+                        "thread settings of one: the results are the same")
     p.add_argument("--shard", metavar="I/N",
                    help="Run only shard I of N of the selection (a stable, balanced share whole cases at a time; "
                         "every runner computes the same split); join the N bundles with detharness merge")
@@ -328,7 +332,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
                              backends=_comma_list(args.backend), device=args.device, repeat=args.repeat,
                              repeat_processes=args.repeat_processes, checks=asked, deterministic=args.deterministic,
                              timeout=args.timeout, inputs_from=replay, in_process=args.in_process,
-                             progress=_progress(sys.stderr), intermediates=args.intermediates, shard=shard)
+                             progress=_progress(sys.stderr), intermediates=args.intermediates, shard=shard,
+                             workers=args.workers)
         if args.no_cache:
             options.cache = False
         record = run(options)

@@ -83,6 +83,13 @@ class RunOptions:
     #: turns it off. It never changes a result: each variant's ``cache`` field says what it used.
     #: (On unless ``DETHARNESS_NO_CACHE`` is set.)
     cache: bool = field(default_factory=lambda: _cache_enabled())
+    #: Worker processes per backend (``--workers``). None: automatic (:func:`worker_counts`: a
+    #: backend whose share would be the run's critical path is split across up to as many workers
+    #: as there are cores); an int: at most that many per backend, by the same rule (1: one worker
+    #: per backend); a mapping: exactly that many for each backend named (1 for the others). Every
+    #: split worker keeps the unsplit thread settings, so the results and the environment id are
+    #: the same whatever the split.
+    workers: int | Mapping[str, int] | None = None
 
     @property
     def plan(self) -> Plan:
@@ -474,7 +481,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
 
 #: The interpreter that worker processes run (default: this one). An emulated interpreter cannot
 #: start itself (no binfmt_misc): ``detharness matrix`` points this at a host-side launcher of the
-#: emulator for an emulated profile (see :mod:`detharness.emulation`).
+#: emulator for an emulated profile (see :mod:`detharness.matrix.emulation`).
 WORKER_PYTHON_VARIABLE = "DETHARNESS_WORKER_PYTHON"
 
 
@@ -670,6 +677,11 @@ class Executor:
                 self.fingerprint.update(hello.fingerprint)
         return runner
 
+    def start(self, name: str) -> Hello:
+        """Start backend ``name``'s worker now (it is otherwise started by its first variant) and
+        return what it said when it started; its fingerprint keys join :attr:`fingerprint`."""
+        return self._runner(name).hello
+
     def execute(self, v: Variant, task: Task) -> Reply:
         backend = get_backend(v.impl.backend)
         if not backend.is_installed():
@@ -699,6 +711,9 @@ def validate(options: RunOptions) -> None:
         raise UsageError("--repeat must be at least 1")
     if options.repeat_processes < 1:
         raise UsageError("--repeat-processes must be at least 1")
+    counts = options.workers.values() if isinstance(options.workers, Mapping) else [options.workers or 1]
+    if any(n < 1 for n in counts):
+        raise UsageError("--workers must be at least 1")
     if options.repeat_processes > 1 and options.in_process:
         raise UsageError("--repeat-processes runs fresh worker processes; it cannot be combined with --in-process")
     unknown = [c for c in options.checks if c not in CHECKS]
@@ -740,8 +755,121 @@ def take_shard(variants: list[Variant], options: RunOptions) -> tuple[list[Varia
     return [v for v in variants if v.id in positions], info, positions
 
 
+# -- splitting a backend's variants across worker processes --------------------------------------
+
+#: What starting one worker of a backend costs, in milliseconds: a fresh interpreter, detharness, the
+#: case files, the framework with its switches and fingerprint (measured on a 2-core x86 machine,
+#: rounded up). A backend not named here costs :data:`DEFAULT_START_MS`.
+WORKER_START_MS: dict[str, int] = {"numpy": 500, "torch": 4000, "onnxruntime": 1500, "jax": 3000}
+DEFAULT_START_MS = 2000
+#: A backend gets one more worker only when that shortens the estimated run by at least this share
+#: of it, and by at least what starting that worker costs (its CPU time is spent either way).
+SPLIT_GAIN = 0.05
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
+def estimated_span(costs: Mapping[str, int], counts: Mapping[str, int], cores: int,
+                   start: Mapping[str, int] | None = None) -> float:
+    """The run's estimated wall time, in milliseconds, with ``counts[b]`` workers for backend ``b``
+    whose variants cost ``costs[b]``: the longest backend's share (one worker's start and its part
+    of the variants), or all the work spread over the cores (every worker's start included),
+    whichever is longer."""
+    start = WORKER_START_MS if start is None else start
+    spans = [start.get(b, DEFAULT_START_MS) + cost / counts[b] for b, cost in costs.items()]
+    work = sum(counts[b] * start.get(b, DEFAULT_START_MS) + cost for b, cost in costs.items())
+    return max([*spans, work / max(1, cores)], default=0.0)
+
+
+def worker_counts(costs: Mapping[str, int], units: Mapping[str, int], cores: int, *, most: int | None = None,
+                  start: Mapping[str, int] | None = None) -> dict[str, int]:
+    """How many worker processes each backend gets: one each; then, while that shortens the
+    :func:`estimated_span` by at least :data:`SPLIT_GAIN` of it and by at least the new worker's
+    start, one more for the backend whose share is the longest, up to ``most`` (default:
+    ``cores``) and never more than its ``units`` (cases, which are not split). Deterministic: the
+    same costs give the same counts.
+
+    On 2 cores, the default library's torch share (its ONNX exports) is longer than the three other
+    backends' together: torch gets a second worker, which runs on the core the others leave idle.
+    """
+    limit = cores if most is None else most
+    counts = {b: 1 for b in costs}
+    begin = WORKER_START_MS if start is None else start
+    while costs:
+        now = estimated_span(costs, counts, cores, begin)
+        longest = max(costs, key=lambda b: (begin.get(b, DEFAULT_START_MS) + costs[b] / counts[b], b))
+        if counts[longest] >= min(limit, units.get(longest, 1)):
+            break
+        trial = {**counts, longest: counts[longest] + 1}
+        saved = now - estimated_span(costs, trial, cores, begin)
+        if saved < max(now * SPLIT_GAIN, begin.get(longest, DEFAULT_START_MS)):
+            break
+        counts = trial
+    return counts
+
+
+def plan_workers(by_backend: Mapping[str, Sequence[Variant]], options: RunOptions) -> dict[str, int]:
+    """Each backend's number of workers for this run (see :attr:`RunOptions.workers`): 1 in this
+    process (``--in-process``) and for a backend that is not installed (it starts no worker)."""
+    from detharness.shard import variant_cost
+
+    units = {b: len({v.case.id for v in todo}) for b, todo in by_backend.items()}
+    if options.in_process:
+        return {b: 1 for b in by_backend}
+    installed = {b for b in by_backend if get_backend(b).is_installed()}
+    if isinstance(options.workers, Mapping):
+        counts = {b: max(1, min(int(options.workers.get(b, 1)), units[b])) for b in by_backend}
+    else:
+        costs = {b: sum(variant_cost(v.id, b) for v in todo) for b, todo in by_backend.items()}
+        counts = worker_counts(costs, units, usable_cores(), most=options.workers)
+    return {b: counts[b] if b in installed else 1 for b in by_backend}
+
+
+class _Share:
+    """One backend's variants for one pass, handed a case at a time to the workers that share them.
+
+    Unsplit, the cases go in selection order; split, the most expensive first (the longest-first
+    rule that keeps workers' ends close). The first worker's fingerprint is the backend's: a split
+    worker that starts with another one (another thread count, say) runs nothing (see :func:`run`).
+    """
+
+    def __init__(self, backend: str, todo: Sequence[Variant], workers: int) -> None:
+        from detharness.shard import variant_cost
+
+        self.backend = backend
+        self.workers = workers
+        units: dict[str, list[Variant]] = {}
+        for v in todo:
+            units.setdefault(v.case.id, []).append(v)
+        ordered = list(units.values())
+        if workers > 1:
+            ordered.sort(key=lambda unit: -sum(variant_cost(v.id, backend) for v in unit))
+        self._units = ordered
+        self._lock = threading.Lock()
+        #: Set once the first worker has started; :attr:`fingerprint` is then its fingerprint.
+        self.started = threading.Event()
+        self.fingerprint: dict[str, Any] = {}
+        #: Split workers that ran nothing, with why.
+        self.declined: list[str] = []
+
+    def take(self) -> list[Variant] | None:
+        with self._lock:
+            return self._units.pop(0) if self._units else None
+
+
 def run(options: RunOptions) -> RunRecord:
-    """Discover, select, execute and record. Checks are applied by the caller (:mod:`checks`)."""
+    """Discover, select, execute and record. Checks are applied by the caller (:mod:`checks`).
+
+    Each backend's variants run in worker processes of their own (:func:`plan_workers`: one per
+    backend, or several for a backend whose share would be the run's critical path), all side by
+    side, or in this process (``--in-process``).
+    """
     validate(options)
     registry = discover(options.case_paths or None)
     variants = needed(select_variants(registry, options), options.plan, options.checks or None)
@@ -760,52 +888,83 @@ def run(options: RunOptions) -> RunRecord:
     by_backend: dict[str, list[Variant]] = {}
     for v in variants:
         by_backend.setdefault(v.impl.backend, []).append(v)
+    planned = plan_workers(by_backend, options)
 
     fingerprint: dict[str, Any] = {}
     # One dict of replies per set of fresh processes (--repeat-processes); the first is the run's.
     passes: list[dict[str, Reply]] = []
+    shares: list[list[_Share]] = []
     lock = threading.Lock()
     done = 0
     total = len(variants) * options.repeat_processes
 
-    def run_backend(todo: list[Variant], replies: dict[str, Reply]) -> None:
+    def run_worker(share: _Share, index: int, replies: dict[str, Reply]) -> None:
+        """One worker process's part of a backend's variants, taken case by case from ``share``."""
         nonlocal done
         executor = Executor(options.case_paths, deterministic=options.deterministic, timeout=options.timeout,
                             in_process=options.in_process, use_cache=options.cache)
+        joined = True
         try:
-            for v in todo:
-                reply = executor.execute(v, task_for(v, *arrays[v.case.id], repeat=options.repeat,
-                                                     intermediates=options.intermediates,
-                                                     replay=options.inputs_from))
-                with lock:
-                    replies[v.id] = reply
-                    done += 1
-                    if options.progress:
-                        options.progress(done, total, v.id)
+            if share.workers > 1:
+                # Started before any variant, so that a split worker is held against the first
+                # one's fingerprint (thread counts included) before it runs anything.
+                try:
+                    executor.start(share.backend)
+                finally:
+                    if index == 0:
+                        share.fingerprint = dict(executor.fingerprint)
+                        share.started.set()
+                if index > 0:
+                    share.started.wait()
+                    joined = env_mod.environment_id(executor.fingerprint) == env_mod.environment_id(share.fingerprint)
+                    if not joined:
+                        differ = env_mod.diff(share.fingerprint, executor.fingerprint)
+                        shown = "; ".join(f"{key}: {a} != {b}" for key, (a, b) in sorted(differ.items())[:3])
+                        with lock:
+                            share.declined.append(f"worker {index + 1}: {shown}")
+                        return
+            while (unit := share.take()) is not None:
+                for v in unit:
+                    reply = executor.execute(v, task_for(v, *arrays[v.case.id], repeat=options.repeat,
+                                                         intermediates=options.intermediates,
+                                                         replay=options.inputs_from))
+                    with lock:
+                        replies[v.id] = reply
+                        done += 1
+                        if options.progress:
+                            options.progress(done, total, v.id)
         finally:
+            if index == 0:
+                share.started.set()  # whatever happened: no split worker waits forever
             executor.close()
-            with lock:
-                fingerprint.update(executor.fingerprint)
+            if joined:
+                with lock:
+                    fingerprint.update(executor.fingerprint)
 
     for _ in range(options.repeat_processes):
         replies: dict[str, Reply] = {}
+        these = [_Share(b, todo, planned[b]) for b, todo in by_backend.items()]
         if options.in_process:
-            for todo in by_backend.values():
-                run_backend(todo, replies)
+            for share in these:
+                run_worker(share, 0, replies)
         else:
             # Each pass starts new workers: a fresh interpreter (a new hash seed unless
             # PYTHONHASHSEED is set), new thread pools, a new allocator state.
-            threads = [threading.Thread(target=run_backend, args=(todo, replies), daemon=True)
-                       for todo in by_backend.values()]
+            threads = [threading.Thread(target=run_worker, args=(share, i, replies), daemon=True)
+                       for share in these for i in range(share.workers)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
         passes.append(replies)
+        shares.append(these)
 
     environment = dict(sorted(env_mod.merge(env_mod.fingerprint(), fingerprint).items()))
+    workers = {} if options.in_process or not shares else {s.backend: s.workers - len(s.declined) for s in shares[0]}
+    declined = {s.backend: s.declined for p in shares for s in p if s.declined}
     record = RunRecord(environment=environment, environment_id=env_mod.environment_id(environment),
-                       cases=cases, options={**_options_json(options), "shard": shard})
+                       cases=cases, options={**_options_json(options), "shard": shard, "workers": workers,
+                                             **({"workers_declined": declined} if declined else {})})
     for v in variants:
         per_pass = [p.get(v.id) or Reply.failure(v.id, "no result (worker lost)") for p in passes]
         record.variants[v.id] = variant_record(v, merge_process_passes(per_pass) if len(per_pass) > 1 else per_pass[0])
