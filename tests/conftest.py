@@ -112,6 +112,12 @@ CRASHING_CASES = """
 """
 
 
+#: Options for a pytest the tests start over case files: no cache folder written, and no
+#: hypothesis plugin, which imports all of hypothesis (half a second of each such pytest's start-up,
+#: in each of its xdist workers too) for runs that hold no hypothesis test.
+PYTEST_OPTIONS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest")
+
+
 def write_cases(folder: Path, text: str, name: str = "cases.py") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name

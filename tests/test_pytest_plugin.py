@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCALED_STATE_CLASS, run_cli
+from tests.conftest import PYTEST_OPTIONS, SCALED_STATE_CLASS, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -163,7 +163,7 @@ def _cases(pytester: pytest.Pytester, text: str, name: str = "cases.py", folder:
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    return pytester.runpytest_subprocess(*PYTEST_OPTIONS, *args)
 
 
 def _glob(text: str) -> str:
@@ -449,7 +449,7 @@ def test_required_cuda_failures_carry_no_framework_debug_log() -> None:
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--dh-cases", "cases",
+    done = subprocess.run([sys.executable, "-m", "pytest", *PYTEST_OPTIONS, "--dh-cases", "cases",
                            "cases/models/softmax.py", "-m", "cuda and torch", "--dh-require-cuda", "-q"],
                           capture_output=True, text=True, cwd=root, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SCALED_STATE_CLASS, run_cli, write_cases
+from tests.conftest import PYTEST_OPTIONS, SCALED_STATE_CLASS, run_cli, write_cases
 
 # Nondeterministic on purpose, the way real feature code is: a vocabulary built from a set of
 # strings is ordered by their hashes, which Python salts per process (PYTHONHASHSEED).
@@ -157,7 +157,7 @@ PLUGIN_CASES = """
 def test_plugin_makes_rng_roundtrip_and_repeat_items(pytester: pytest.Pytester) -> None:
     folder = pytester.mkdir("my_cases")
     write_cases(folder, PLUGIN_CASES)
-    result = pytester.runpytest_subprocess("--dh-cases", str(folder), "-v", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("--dh-cases", str(folder), "-v", *PYTEST_OPTIONS)
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines_random([
         "*rng:p/stream?pcg64:cpu:float64:eager?*PASSED*",
@@ -165,8 +165,8 @@ def test_plugin_makes_rng_roundtrip_and_repeat_items(pytester: pytest.Pytester) 
         "*backend:p/scale?numpy32:cpu:float32:eager?*PASSED*",
         "*backend:p/scale?builder:cpu:float64:eager?*PASSED*",
     ])
-    repeated = pytester.runpytest_subprocess("--dh-cases", str(folder), "--dh-repeat", "3", "-v", "-p",
-                                             "no:cacheprovider", "-k", "repeat")
+    repeated = pytester.runpytest_subprocess("--dh-cases", str(folder), "--dh-repeat", "3", "-v", *PYTEST_OPTIONS,
+                                             "-k", "repeat")
     repeated.assert_outcomes(passed=5)
     repeated.stdout.fnmatch_lines_random(["*repeat:p/stream?pcg64:cpu:float64:eager?*PASSED*",
                                           "*repeat:p/scale?builder:cpu:float64:roundtrip:json?*PASSED*"])
