@@ -17,11 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Every test (and every detharness process it starts) caches exports and compiled programs in a
 # folder of this session's own, removed at exit: a user's ~/.cache/detharness is never read or
-# written, and no entry from an earlier session can stand in for a fresh export.
-# tests/test_cache.py points single tests at folders of their own.
-_CACHE = tempfile.mkdtemp(prefix="detharness-test-cache-")
+# written, and no entry from an earlier session can stand in for a fresh export. The session's
+# pytest-xdist workers share it (the controller makes it and passes it on in _SESSION_CACHE; the
+# cache is safe for concurrent runs), so a built-in case exported by the plugin's run of the
+# library is not exported again by each CLI test that runs it. tests/test_cache.py points single
+# tests at folders of their own.
+_SESSION_CACHE = "DETHARNESS_TEST_SESSION_CACHE"
+_shared = os.environ.get(_SESSION_CACHE, "")
+if os.environ.get("PYTEST_XDIST_WORKER") and _shared and os.path.isdir(_shared):
+    _CACHE = _shared  # an xdist worker of a session whose controller made the folder
+else:
+    _CACHE = tempfile.mkdtemp(prefix="detharness-test-cache-")
+    os.environ[_SESSION_CACHE] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
 os.environ["DETHARNESS_CACHE_DIR"] = _CACHE
-atexit.register(shutil.rmtree, _CACHE, True)
 
 SMALL_CASES = """
     import os
