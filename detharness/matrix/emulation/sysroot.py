@@ -14,6 +14,7 @@ at once both succeed and one keeps the other's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from detharness.matrix.emulation import Arch, Emulator, Unavailable, stamp_matches, write_stamp
@@ -63,10 +64,7 @@ def ensure_sysroot(target: Arch, debs_folder: Path, cache: Path, *, python: str 
     if stamp_matches(final, key):
         return final
     log(f"unpacking {len(debs)} {target.debian} packages into {final}")
-    temp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
-    try:
+    with _building(final) as temp:
         for deb in debs:
             done = subprocess.run(["dpkg-deb", "-x", str(deb), str(temp)], capture_output=True, text=True,
                                   check=False, timeout=EXTRACT_TIMEOUT)
@@ -83,15 +81,31 @@ def ensure_sysroot(target: Arch, debs_folder: Path, cache: Path, *, python: str 
             raise SetupError(f"the packages in {debs_folder} hold no {target.python}")
         compile_tree(temp / "usr/lib/python3.11", python=python)
         write_stamp(temp, key)
-        if stamp_matches(final, key):  # another run built it meanwhile
-            shutil.rmtree(temp, ignore_errors=True)
-            return final
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temp, final)
+        _publish(temp, final, lambda: stamp_matches(final, key))
+    return final
+
+
+@contextlib.contextmanager
+def _building(final: Path) -> Iterator[Path]:
+    """A new temporary folder beside ``final`` to build it in; removed if the build fails."""
+    temp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    try:
+        yield temp
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    return final
+
+
+def _publish(temp: Path, final: Path, built: Callable[[], bool]) -> None:
+    """Rename the complete ``temp`` to ``final``; where another run finished ``final`` meanwhile
+    (``built()``), keep theirs. A stale or broken ``final`` is replaced."""
+    if built():
+        shutil.rmtree(temp, ignore_errors=True)
+        return
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(temp, final)
 
 
 def _relative_links(root: Path) -> None:
@@ -144,10 +158,8 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
     if stamp_matches(root, key, CPU_STAMP):
         return root
     log(f"describing the emulated {model} CPU for {final}")
-    temp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    (temp / "root").mkdir(parents=True)
-    try:
+    with _building(final) as temp:
+        (temp / "root").mkdir()
         for entry in sysroot.iterdir():
             if entry.name in KEPT_TOP_LEVEL:
                 (temp / "root" / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
@@ -159,14 +171,7 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
             raise SetupError(f"could not read the emulated {model} CPU's features: {exc}") from None
         cpu_mod.write_tree(temp / "root", described)
         write_stamp(temp / "root", key, CPU_STAMP, cpu=described.to_json())
-        if stamp_matches(root, key, CPU_STAMP):
-            shutil.rmtree(temp, ignore_errors=True)
-            return root
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(temp, final)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        _publish(temp, final, lambda: stamp_matches(root, key, CPU_STAMP))
     return root
 
 
