@@ -29,11 +29,15 @@ def to_jsonable(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
 
     Non-finite floats become the strings ``"inf"``, ``"-inf"`` and ``"nan"`` (JSON has no such
     numbers); numpy scalars become Python numbers, arrays lists, complex numbers ``[real, imag]``,
-    tuples lists, sets sorted lists, enums their value, dataclasses dicts, paths strings. Anything
-    else is a TypeError, or what ``default`` makes of it (``default=str`` for free-form records).
+    tuples lists, sets sorted lists, enums their value, dataclasses dicts, paths strings, and a str
+    subclass (torch's ``TorchVersion``) a plain str: pickled across a pipe, the subclass would make
+    the reading process import its framework. Anything else is a TypeError, or what ``default``
+    makes of it (``default=str`` for free-form records).
     """
-    if obj is None or isinstance(obj, (bool, str)):
+    if obj is None or type(obj) in (bool, str):
         return obj
+    if isinstance(obj, str):
+        return str.__str__(obj)
     if isinstance(obj, (int, np.integer)) and not isinstance(obj, np.bool_):
         return int(obj)
     if isinstance(obj, np.bool_):

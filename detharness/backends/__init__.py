@@ -20,6 +20,7 @@ from detharness.backends.base import (
     BackendInfo,
     UnsupportedVariant,
     VariantSpec,
+    jsonable,
     split_device,
 )
 from detharness.backends.jax_backend import JaxBackend
@@ -104,7 +105,9 @@ def load_backend(name: str, deterministic: bool) -> tuple[Backend, dict[str, Any
     fingerprint = dict(backend.fingerprint())
     for key, value in switches.items():
         fingerprint[key if "." in key else f"{name}.{key}"] = value
-    return backend, {"devices": list(backend.devices()), "fingerprint": fingerprint}
+    # Plain JSON values: the hello a worker sends is unpickled by the parent, which must not import
+    # the framework to read it (torch.__version__ is a TorchVersion: reading it imported all of torch).
+    return backend, {"devices": [str(d) for d in backend.devices()], "fingerprint": jsonable(fingerprint)}
 
 
 def available_backends() -> list[str]:

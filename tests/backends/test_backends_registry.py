@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import namedtuple
 from collections.abc import Callable, Iterator
@@ -290,3 +291,35 @@ def test_reload_settings_puts_the_backends_own_settings_back(recording: Recordin
     recording.calls.clear()
     recording.reload_settings()
     assert recording.calls == ["load", "deterministic"]
+
+
+def _pickled_modules(value: Any) -> set[str]:
+    """The modules unpickling ``value`` imports (what the parent reads a worker's hello with)."""
+    import io
+    import pickle
+
+    seen: set[str] = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            seen.add(module)
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(pickle.dumps(value))).load()
+    return seen
+
+
+def test_a_workers_hello_holds_plain_values_that_import_no_framework_where_it_is_read(recording: Recording) -> None:
+    """torch.__version__ is a TorchVersion, a str subclass: sent as it is, reading the hello
+    imported all of torch in the parent (about a second of CPU per run, per pytest-xdist worker)."""
+
+    class Version(str):
+        pass
+
+    recording._fingerprint = lambda: {"recording.version": Version("2.0")}  # type: ignore[method-assign]
+    _, hello = load_backend("recording", False)
+    assert type(hello["fingerprint"]["recording.version"]) is str
+    assert _pickled_modules(hello) <= {"builtins"}
+    if importlib.util.find_spec("torch") is not None:
+        _, hello = load_backend("torch", False)
+        assert hello["fingerprint"]["torch.version"] and _pickled_modules(hello) <= {"builtins"}
