@@ -12,6 +12,7 @@ import pytest
 from detharness.backends import UnsupportedVariant, VariantSpec
 from detharness.backends.torch_backend import TorchBackend
 from detharness.dtypes import ALL_DTYPES, numpy_dtype
+from tests.backends.conftest import run_python
 
 pytest.importorskip("torch")
 import torch
@@ -194,19 +195,32 @@ def test_switches_are_recorded_without_changing_defaults(backend: TorchBackend) 
     json.dumps(switches)
 
 
-def test_apply_switches_deterministic_flips_torch_flags(in_subprocess: Callable[..., Any]) -> None:
-    found = in_subprocess(
+@pytest.fixture(scope="module")
+def switched() -> dict[str, Any]:
+    """What apply_switches did in one fresh interpreter (torch's flags are process-wide), started
+    with CUBLAS_WORKSPACE_CONFIG unset: the switches before and after deterministic mode, then the
+    variable after deterministic mode again with it empty (counts as unset) and with a user's value.
+    One interpreter (one import of torch) for the tests below."""
+    return run_python(
         """
         import json, os, torch
         from detharness.backends import get_backend
         b = get_backend("torch")
         before = b.apply_switches(deterministic=False)
         after = b.apply_switches(deterministic=True)
-        print(json.dumps({"before": before, "after": after, "flag": torch.are_deterministic_algorithms_enabled(),
-                          "env": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}))
+        found = {"before": before, "after": after, "flag": torch.are_deterministic_algorithms_enabled(),
+                 "env": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+        for name, value in (("empty", ""), ("chosen", ":16:8")):
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = value
+            found[name] = b.apply_switches(deterministic=True)["torch.cublas_workspace_config"]
+        print(json.dumps(found))
         """,
-        env={"CUBLAS_WORKSPACE_CONFIG": ""},
+        unset=("CUBLAS_WORKSPACE_CONFIG",),
     )
+
+
+def test_apply_switches_deterministic_flips_torch_flags(switched: dict[str, Any]) -> None:
+    found = switched
     assert found["env"] == ":4096:8"
     before, after = found["before"], found["after"]
     assert before["torch.deterministic_algorithms"] is False
@@ -221,15 +235,11 @@ def test_apply_switches_deterministic_flips_torch_flags(in_subprocess: Callable[
     assert after["torch.num_threads"] >= 1
 
 
-def test_apply_switches_sets_cublas_workspace_config_when_unset(in_subprocess: Callable[..., Any]) -> None:
-    code = """
-        import json
-        from detharness.backends import get_backend
-        print(json.dumps(get_backend("torch").apply_switches(deterministic=True)["torch.cublas_workspace_config"]))
-        """
-    assert in_subprocess(code, unset=("CUBLAS_WORKSPACE_CONFIG",)) == ":4096:8"
+def test_apply_switches_sets_cublas_workspace_config_when_unset(switched: dict[str, Any]) -> None:
+    assert switched["after"]["torch.cublas_workspace_config"] == ":4096:8"
+    assert switched["empty"] == ":4096:8"  # an empty value counts as unset, as it does for cuBLAS
     # A value the user set is kept.
-    assert in_subprocess(code, env={"CUBLAS_WORKSPACE_CONFIG": ":16:8"}) == ":16:8"
+    assert switched["chosen"] == ":16:8"
 
 
 def test_cpu_capability_records_what_torch_really_uses(
