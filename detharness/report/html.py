@@ -40,7 +40,7 @@ from detharness.report._format import (
     shift_line,
     skipped_reasons,
 )
-from detharness.report.sections import IDENTICAL_ROWS, emulated_environments, known_reasons
+from detharness.report.sections import IDENTICAL_ROWS, between, emulated_environments, known_reasons
 from detharness.results import QUIET, Status
 
 #: Failures that get a sentence in the banner (the first BANNER_OPEN shown, the others folded); the
@@ -241,7 +241,7 @@ def _banner(report: Mapping[str, Any]) -> dict[str, Any]:
     failures = [r for r in report["results"] if _is_failure(r)]
     sentences = []
     for r in failures[:BANNER_FAILURES]:
-        where = f"{r['check']} {r['variant']}" + (f" output {r['output']}" if r.get("output") else "")
+        where = f"{r['check']} {r['variant']}" + (f" output {r['output']}" if r.get("output") else "") + between(r)
         sentences.append({"status": r["status"], "where": where, "what": headline(r.get("message"))})
     ran = {s: n for s, n in summary.items() if s != Status.SKIPPED}
     verdict = "failed" if failures else "passed"

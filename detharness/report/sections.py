@@ -96,7 +96,14 @@ def text_failures(report: Mapping[str, Any]) -> list[str]:
 
 
 def _where(r: Mapping[str, Any]) -> str:
-    return f"{r['check']} {r['variant']}" + (f" {r['output']!r}" if r.get("output") else "")
+    return f"{r['check']} {r['variant']}" + (f" {r['output']!r}" if r.get("output") else "") + between(r)
+
+
+def between(r: Mapping[str, Any]) -> str:
+    """`` (x86 vs arm-n1)``: which two environments an N-way result compares; empty for one run's results.
+    Without it, one variant failing in two environments reads as the same line twice."""
+    base, cand = r.get("baseline_label"), r.get("candidate_label")
+    return f" ({base} vs {cand})" if base and cand else ""
 
 
 def text_failures_brief(report: Mapping[str, Any]) -> list[str]:

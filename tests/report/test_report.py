@@ -203,3 +203,17 @@ def test_junit_failures_follow_the_commands_fail_on() -> None:
     assert default.get("failures") == "1"
     lenient = ET.fromstring(report.render({**built, "fail_on": ["error"]}, "junit"))
     assert lenient.get("failures") == "0"  # exit 0 under --fail-on error: no red test either
+
+
+def test_an_n_way_failure_names_the_two_environments_it_compares() -> None:
+    """One variant failing against the baseline in two environments reads as two different lines."""
+    results = [new_result("environment", "a/b", "a/b[t:cpu:float32:eager]", "diverged", "DIVERGED | big", output="y")
+               .replace(baseline_label="x86", candidate_label=label) for label in ("arm-n1", "arm-a64fx")]
+    built = report.build(results, {}, title="detharness compare")
+    text = report.render(built, "text")
+    markdown = report.render(built, "md")
+    html = report.render(built, "html")
+    for label in ("arm-n1", "arm-a64fx"):
+        assert f"environment a/b[t:cpu:float32:eager] 'y' (x86 vs {label}):" in text
+        assert f"(x86 vs {label})" in markdown
+        assert f"output y (x86 vs {label})" in html
