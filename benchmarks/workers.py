@@ -2,9 +2,10 @@
 
 Runs ``detharness run`` over the default library (or ``-k EXPR``) in fresh processes, as a user
 runs it, twice per round: once with one worker per backend (``--workers 1``) and once with the
-automatic split (on 2 cores: torch, the critical path, gets a second worker), alternating which goes
-first. Each run gets an empty cache folder of its own (``--warm``: one shared folder, filled by a
-run before the timed ones), so both pay the same exports and compiles. Prints both wall times,
+automatic split (on 2 cores, from an empty cache: torch, the critical path, gets a helper once the
+other backends are done), alternating which goes first. Each run gets an empty cache folder of its
+own (``--warm``: one shared folder, filled by a run before the timed ones: the exports are hits and
+no helper should start), so both pay the same exports and compiles. Prints both wall times,
 their ratio (split / unsplit), how many workers each backend had, and whether the two bundles
 have the same environment id and compare identical (the declared process-salted hashing is
 ``known`` in any two runs).

@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder that is not a bundle is still refused)")
     p.add_argument("--in-process", action="store_true", help="Run everything in this process (for debugging)")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="At most N worker processes per backend (default: as many as there are cores, for a backend "
-                        "whose variants would otherwise take longest; 1: one per backend). Split workers keep the "
-                        "thread settings of one: the results are the same")
+                   help="At most N worker processes per backend (default: as many as there are cores: a backend "
+                        "whose remaining variants are worth it gets a helper when a core is idle; 1: one per "
+                        "backend). Helpers keep the first worker's thread settings: the results are the same")
     p.add_argument("--shard", metavar="I/N",
                    help="Run only shard I of N of the selection (a stable, balanced share whole cases at a time; "
                         "every runner computes the same split); join the N bundles with detharness merge")

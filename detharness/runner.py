@@ -19,6 +19,7 @@ import inspect
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import tempfile
@@ -83,12 +84,12 @@ class RunOptions:
     #: turns it off. It never changes a result: each variant's ``cache`` field says what it used.
     #: (On unless ``DETHARNESS_NO_CACHE`` is set.)
     cache: bool = field(default_factory=lambda: _cache_enabled())
-    #: Worker processes per backend (``--workers``). None: automatic (:func:`worker_counts`: a
-    #: backend whose share would be the run's critical path is split across up to as many workers
-    #: as there are cores); an int: at most that many per backend, by the same rule (1: one worker
-    #: per backend); a mapping: exactly that many for each backend named (1 for the others). Every
-    #: split worker keeps the unsplit thread settings, so the results and the environment id are
-    #: the same whatever the split.
+    #: Worker processes per backend (``--workers``). None: one each, and a helper for a backend
+    #: whose rest is worth one when a core is idle (:func:`helper_worthwhile`), up to as many
+    #: workers as there are cores; an int: at most that many per backend, by the same rule (1: one
+    #: worker per backend); a mapping: that many for each backend named (1 for the others), started
+    #: at once. Every helper keeps the first worker's thread settings, so the results and the
+    #: environment id are the same whatever the split.
     workers: int | Mapping[str, int] | None = None
 
     @property
@@ -757,14 +758,9 @@ def take_shard(variants: list[Variant], options: RunOptions) -> tuple[list[Varia
 
 # -- splitting a backend's variants across worker processes --------------------------------------
 
-#: What starting one worker of a backend costs, in milliseconds: a fresh interpreter, detharness, the
-#: case files, the framework with its switches and fingerprint (measured on a 2-core x86 machine,
-#: rounded up). A backend not named here costs :data:`DEFAULT_START_MS`.
-WORKER_START_MS: dict[str, int] = {"numpy": 500, "torch": 4000, "onnxruntime": 1500, "jax": 3000}
-DEFAULT_START_MS = 2000
-#: A backend gets one more worker only when that shortens the estimated run by at least this share
-#: of it, and by at least what starting that worker costs (its CPU time is spent either way).
-SPLIT_GAIN = 0.05
+#: A backend gets a helper worker only when the rest of its share is estimated to take longer than
+#: this many times what starting its first worker took: the helper pays that start before it helps.
+HELPER_GAIN = 2.0
 
 
 def usable_cores() -> int:
@@ -775,100 +771,100 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def estimated_span(costs: Mapping[str, int], counts: Mapping[str, int], cores: int,
-                   start: Mapping[str, int] | None = None) -> float:
-    """The run's estimated wall time, in milliseconds, with ``counts[b]`` workers for backend ``b``
-    whose variants cost ``costs[b]``: the longest backend's share (one worker's start and its part
-    of the variants), or all the work spread over the cores (every worker's start included),
-    whichever is longer."""
-    start = WORKER_START_MS if start is None else start
-    spans = [start.get(b, DEFAULT_START_MS) + cost / counts[b] for b, cost in costs.items()]
-    work = sum(counts[b] * start.get(b, DEFAULT_START_MS) + cost for b, cost in costs.items())
-    return max([*spans, work / max(1, cores)], default=0.0)
+def helper_worthwhile(*, remaining_cost: int, done_cost: int, done_seconds: float, start_seconds: float | None,
+                      workers: int, most: int) -> bool:
+    """Whether a backend whose share still holds cases the cost table prices at ``remaining_cost``
+    ms should get another worker (a core is idle: the caller knows). The table's prices are scaled
+    by what the cases done so far really took (``done_seconds`` for ``done_cost`` ms): a warm cache
+    turns the table's cold exports into hits, and a second worker would then cost more than it saves.
+    Nothing is decided before the first worker has started and finished a case."""
+    if workers >= most or start_seconds is None or done_cost <= 0 or remaining_cost <= 0:
+        return False
+    rest = remaining_cost / done_cost * done_seconds
+    return rest > HELPER_GAIN * max(start_seconds, 0.1)
 
 
-def worker_counts(costs: Mapping[str, int], units: Mapping[str, int], cores: int, *, most: int | None = None,
-                  start: Mapping[str, int] | None = None) -> dict[str, int]:
-    """How many worker processes each backend gets: one each; then, while that shortens the
-    :func:`estimated_span` by at least :data:`SPLIT_GAIN` of it and by at least the new worker's
-    start, one more for the backend whose share is the longest, up to ``most`` (default:
-    ``cores``) and never more than its ``units`` (cases, which are not split). Deterministic: the
-    same costs give the same counts.
-
-    On 2 cores, the default library's torch share (its ONNX exports) is longer than the three other
-    backends' together: torch gets a second worker, which runs on the core the others leave idle.
-    """
-    limit = cores if most is None else most
-    counts = {b: 1 for b in costs}
-    begin = WORKER_START_MS if start is None else start
-    while costs:
-        now = estimated_span(costs, counts, cores, begin)
-        longest = max(costs, key=lambda b: (begin.get(b, DEFAULT_START_MS) + costs[b] / counts[b], b))
-        if counts[longest] >= min(limit, units.get(longest, 1)):
-            break
-        trial = {**counts, longest: counts[longest] + 1}
-        saved = now - estimated_span(costs, trial, cores, begin)
-        if saved < max(now * SPLIT_GAIN, begin.get(longest, DEFAULT_START_MS)):
-            break
-        counts = trial
-    return counts
-
-
-def plan_workers(by_backend: Mapping[str, Sequence[Variant]], options: RunOptions) -> dict[str, int]:
-    """Each backend's number of workers for this run (see :attr:`RunOptions.workers`): 1 in this
+def worker_limits(by_backend: Mapping[str, Sequence[Variant]], options: RunOptions) -> tuple[dict[str, int], bool]:
+    """The most workers each backend may have in this run (see :attr:`RunOptions.workers`), and
+    whether that many start at once (a mapping) instead of as helpers when a core is idle and the
+    rest of the backend's share is worth one. Never more than the backend's cases; 1 in this
     process (``--in-process``) and for a backend that is not installed (it starts no worker)."""
-    from detharness.shard import variant_cost
-
     units = {b: len({v.case.id for v in todo}) for b, todo in by_backend.items()}
-    if options.in_process:
-        return {b: 1 for b in by_backend}
     installed = {b for b in by_backend if get_backend(b).is_installed()}
-    if isinstance(options.workers, Mapping):
-        counts = {b: max(1, min(int(options.workers.get(b, 1)), units[b])) for b in by_backend}
-    else:
-        costs = {b: sum(variant_cost(v.id, b) for v in todo) for b, todo in by_backend.items()}
-        counts = worker_counts(costs, units, usable_cores(), most=options.workers)
-    return {b: counts[b] if b in installed else 1 for b in by_backend}
+    forced = isinstance(options.workers, Mapping)
+    limits: dict[str, int] = {}
+    for b in by_backend:
+        if options.in_process or b not in installed:
+            limits[b] = 1
+        elif isinstance(options.workers, Mapping):
+            limits[b] = max(1, min(int(options.workers.get(b, 1)), units[b]))
+        else:
+            limits[b] = max(1, min(options.workers or usable_cores(), units[b]))
+    return limits, forced and not options.in_process
 
 
 class _Share:
     """One backend's variants for one pass, handed a case at a time to the workers that share them.
 
-    Unsplit, the cases go in selection order; split, the most expensive first (the longest-first
-    rule that keeps workers' ends close). The first worker's fingerprint is the backend's: a split
-    worker that starts with another one (another thread count, say) runs nothing (see :func:`run`).
+    The first worker takes cases from the front, in selection order (an unsplit run's order); a
+    helper takes them from the back. The first worker's fingerprint is the backend's: a helper that
+    starts with another one (another thread count, say) runs nothing (see :func:`run`).
     """
 
-    def __init__(self, backend: str, todo: Sequence[Variant], workers: int) -> None:
+    def __init__(self, backend: str, todo: Sequence[Variant], most: int) -> None:
         from detharness.shard import variant_cost
 
         self.backend = backend
-        self.workers = workers
+        self.most = most
+        self.installed = get_backend(backend).is_installed()
         units: dict[str, list[Variant]] = {}
         for v in todo:
             units.setdefault(v.case.id, []).append(v)
-        ordered = list(units.values())
-        if workers > 1:
-            ordered.sort(key=lambda unit: -sum(variant_cost(v.id, backend) for v in unit))
-        self._units = ordered
+        self._units = [(unit, sum(variant_cost(v.id, backend) for v in unit)) for unit in units.values()]
         self._lock = threading.Lock()
-        #: Set once the first worker has started; :attr:`fingerprint` is then its fingerprint.
+        #: Workers started (the first and its helpers), and those that ran nothing, with why.
+        self.workers = 0
+        self.declined: list[str] = []
+        #: Set once the first worker has started: :attr:`fingerprint` and :attr:`start_seconds` are then its.
         self.started = threading.Event()
         self.fingerprint: dict[str, Any] = {}
-        #: Split workers that ran nothing, with why.
-        self.declined: list[str] = []
+        self.start_seconds: float | None = None
+        #: The table's cost (ms) of the cases done so far, and the seconds they really took.
+        self.done_cost = 0
+        self.done_seconds = 0.0
 
-    def take(self) -> list[Variant] | None:
+    def take(self, front: bool) -> tuple[list[Variant], int] | None:
         with self._lock:
-            return self._units.pop(0) if self._units else None
+            if not self._units:
+                return None
+            return self._units.pop(0 if front else -1)
+
+    def done(self, cost: int, seconds: float) -> None:
+        with self._lock:
+            self.done_cost += cost
+            self.done_seconds += seconds
+
+    def remaining_cost(self) -> int:
+        """The table's cost (ms) of the cases no worker has taken yet."""
+        with self._lock:
+            return sum(cost for _, cost in self._units)
+
+    def wants_helper(self) -> bool:
+        with self._lock:
+            done_cost, done_seconds = self.done_cost, self.done_seconds
+        return self.started.is_set() and helper_worthwhile(
+            remaining_cost=self.remaining_cost(), done_cost=done_cost, done_seconds=done_seconds,
+            start_seconds=self.start_seconds, workers=self.workers, most=self.most)
 
 
 def run(options: RunOptions) -> RunRecord:
     """Discover, select, execute and record. Checks are applied by the caller (:mod:`checks`).
 
-    Each backend's variants run in worker processes of their own (:func:`plan_workers`: one per
-    backend, or several for a backend whose share would be the run's critical path), all side by
-    side, or in this process (``--in-process``).
+    Each backend's variants run in a worker process of its own, all side by side (or in this
+    process, ``--in-process``). When a core is idle (the other backends are done) and the rest of a
+    backend's share is estimated to take well over what starting a worker takes, a helper worker
+    takes cases from the back of that share (:func:`helper_worthwhile`): on 2 cores, torch's ONNX
+    exports in the default library, the run's critical path, get a second worker.
     """
     validate(options)
     registry = discover(options.case_paths or None)
@@ -888,7 +884,7 @@ def run(options: RunOptions) -> RunRecord:
     by_backend: dict[str, list[Variant]] = {}
     for v in variants:
         by_backend.setdefault(v.impl.backend, []).append(v)
-    planned = plan_workers(by_backend, options)
+    limits, forced = worker_limits(by_backend, options)
 
     fingerprint: dict[str, Any] = {}
     # One dict of replies per set of fresh processes (--repeat-processes); the first is the run's.
@@ -898,21 +894,23 @@ def run(options: RunOptions) -> RunRecord:
     done = 0
     total = len(variants) * options.repeat_processes
 
-    def run_worker(share: _Share, index: int, replies: dict[str, Reply]) -> None:
+    def run_worker(share: _Share, index: int, replies: dict[str, Reply], events: queue.Queue[str] | None) -> None:
         """One worker process's part of a backend's variants, taken case by case from ``share``."""
         nonlocal done
         executor = Executor(options.case_paths, deterministic=options.deterministic, timeout=options.timeout,
                             in_process=options.in_process, use_cache=options.cache)
         joined = True
         try:
-            if share.workers > 1:
-                # Started before any variant, so that a split worker is held against the first
-                # one's fingerprint (thread counts included) before it runs anything.
+            if not options.in_process and share.installed:
+                # Started before any variant: a helper is held against the first worker's
+                # fingerprint (thread counts included) before it runs anything.
+                began = time.monotonic()
                 try:
                     executor.start(share.backend)
                 finally:
                     if index == 0:
                         share.fingerprint = dict(executor.fingerprint)
+                        share.start_seconds = time.monotonic() - began
                         share.started.set()
                 if index > 0:
                     share.started.wait()
@@ -923,7 +921,11 @@ def run(options: RunOptions) -> RunRecord:
                         with lock:
                             share.declined.append(f"worker {index + 1}: {shown}")
                         return
-            while (unit := share.take()) is not None:
+            if events is not None:
+                events.put("started")
+            while (taken := share.take(front=index == 0)) is not None:
+                unit, cost = taken
+                began = time.monotonic()
                 for v in unit:
                     reply = executor.execute(v, task_for(v, *arrays[v.case.id], repeat=options.repeat,
                                                          intermediates=options.intermediates,
@@ -933,29 +935,30 @@ def run(options: RunOptions) -> RunRecord:
                         done += 1
                         if options.progress:
                             options.progress(done, total, v.id)
+                share.done(cost, time.monotonic() - began)
+                if events is not None:
+                    events.put("unit")
         finally:
             if index == 0:
-                share.started.set()  # whatever happened: no split worker waits forever
+                share.started.set()  # whatever happened: no helper waits forever
             executor.close()
             if joined:
                 with lock:
                     fingerprint.update(executor.fingerprint)
+            if events is not None:
+                events.put("exit")
 
     for _ in range(options.repeat_processes):
         replies: dict[str, Reply] = {}
-        these = [_Share(b, todo, planned[b]) for b, todo in by_backend.items()]
+        these = [_Share(b, todo, limits[b]) for b, todo in by_backend.items()]
         if options.in_process:
             for share in these:
-                run_worker(share, 0, replies)
+                share.workers = 1
+                run_worker(share, 0, replies, None)
         else:
             # Each pass starts new workers: a fresh interpreter (a new hash seed unless
             # PYTHONHASHSEED is set), new thread pools, a new allocator state.
-            threads = [threading.Thread(target=run_worker, args=(share, i, replies), daemon=True)
-                       for share in these for i in range(share.workers)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            _run_shares(these, forced, replies, run_worker)
         passes.append(replies)
         shares.append(these)
 
@@ -972,6 +975,43 @@ def run(options: RunOptions) -> RunRecord:
             record.variants[v.id].shard = {"index": shard["index"], "count": shard["count"],
                                            "selection": shard["selection"], "position": positions[v.id]}
     return record
+
+
+def _run_shares(shares: Sequence[_Share], forced: bool, replies: dict[str, Reply],
+                work: Callable[[_Share, int, dict[str, Reply], queue.Queue[str] | None], None]) -> None:
+    """Run every share's workers, side by side, until all are done: one per backend to begin with
+    (``forced``: each share's :attr:`_Share.most` at once); then, each time a worker finishes a case
+    or ends while fewer workers than cores are running, a helper for the share that wants one most."""
+    events: queue.Queue[str] = queue.Queue()
+    threads: list[threading.Thread] = []
+
+    def launch(share: _Share) -> None:
+        index = share.workers
+        share.workers += 1
+        thread = threading.Thread(target=work, args=(share, index, replies, events), daemon=True,
+                                  name=f"detharness-{share.backend}-{index + 1}")
+        threads.append(thread)
+        thread.start()
+
+    for share in shares:
+        for _ in range(share.most if forced else 1):
+            launch(share)
+    live, cores = len(threads), usable_cores()
+    while live:
+        try:
+            event = events.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if event == "exit":
+            live -= 1
+        while not forced and live and live < cores:
+            wanting = [s for s in shares if s.wants_helper()]
+            if not wanting:
+                break
+            launch(max(wanting, key=lambda s: (s.remaining_cost(), s.backend)))
+            live += 1
+    for thread in threads:
+        thread.join()
 
 
 def variant_record(v: Variant, reply: Reply) -> VariantRecord:

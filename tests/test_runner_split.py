@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from detharness.cases import discover
+from detharness.cases import Variant, discover
 from detharness.record import RunRecord, digest_arrays
-from detharness.runner import RunOptions, estimated_span, plan_workers, run, select_variants, worker_counts
+from detharness.runner import RunOptions, helper_worthwhile, run, select_variants, usable_cores, worker_limits
 from tests.conftest import write_cases
 
 # Three torch cases (a case is never split, so three can go to two workers), each with reductions
@@ -96,33 +96,31 @@ def test_a_split_worker_that_starts_with_other_thread_settings_runs_nothing(tmp_
     assert {v.status for v in record.variants.values()} == {"ok"}
 
 
-def test_the_automatic_rule_splits_the_critical_path_only_where_it_shortens_the_run() -> None:
-    start = {"numpy": 500, "torch": 4000, "onnxruntime": 1500, "jax": 3000}
-    # The default library on 2 cores: torch's exports outweigh the other backends together.
-    library = {"numpy": 2000, "torch": 60000, "onnxruntime": 3000, "jax": 15000}
-    units = {"numpy": 90, "torch": 40, "onnxruntime": 10, "jax": 30}
-    assert worker_counts(library, units, 2, start=start) == {"numpy": 1, "torch": 2, "onnxruntime": 1, "jax": 1}
-    assert estimated_span(library, {**dict.fromkeys(library, 1), "torch": 2}, 2, start) \
-        < 0.95 * estimated_span(library, dict.fromkeys(library, 1), 2, start)
-    # More cores: more torch workers, never more than its cases; one core, or --workers 1: no split.
-    assert worker_counts(library, units, 8, start=start)["torch"] > 2
-    assert worker_counts(library, {**units, "torch": 2}, 8, start=start)["torch"] == 2
-    assert worker_counts(library, units, 1, start=start) == dict.fromkeys(library, 1)
-    assert worker_counts(library, units, 2, start=start, most=1) == dict.fromkeys(library, 1)
-    # Balanced shares, or a share shorter than a second worker's start: nothing to gain.
-    assert worker_counts({"numpy": 5000, "torch": 5000}, {"numpy": 9, "torch": 9}, 2, start=start) \
-        == {"numpy": 1, "torch": 1}
-    assert worker_counts({"torch": 6000}, {"torch": 9}, 2, start=start) == {"torch": 1}  # saves 3 s, costs 4
-    assert worker_counts({}, {}, 2) == {}
+def test_a_helper_is_worth_it_while_the_rest_of_a_share_outlasts_two_starts() -> None:
+    # The default library's torch share from an empty cache, on 2 cores: the first cases took what
+    # the table says, 40 s of it are left, starting the worker took 3 s.
+    cold = dict(remaining_cost=40_000, done_cost=5_000, done_seconds=5.0, start_seconds=3.0, workers=1, most=2)
+    assert helper_worthwhile(**cold)  # type: ignore[arg-type]
+    # A warm cache: the exports are hits, the cases take a tenth of the table's (cold) prices.
+    assert not helper_worthwhile(**{**cold, "done_seconds": 0.5})  # type: ignore[arg-type]
+    # Nothing done yet (or nothing left), the limit reached, or a worker not started: no helper.
+    for change in ({"done_cost": 0}, {"remaining_cost": 0}, {"workers": 2}, {"start_seconds": None}):
+        assert not helper_worthwhile(**{**cold, **change})  # type: ignore[arg-type]
+    assert helper_worthwhile(**{**cold, "most": 4, "workers": 3})  # type: ignore[arg-type]
 
 
-def test_plan_workers_takes_a_mapping_as_given_within_the_number_of_cases(tmp_path: Path) -> None:
+def test_worker_limits_follow_the_option_within_the_number_of_cases(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
     cases = write_cases(tmp_path / "cases", SPLIT_CASES)
     registry = discover([cases])
     options = RunOptions(case_paths=[str(cases)], device="cpu", workers={"torch": 5, "numpy": 2})
-    by_backend: dict[str, list] = {}  # type: ignore[type-arg]
+    by_backend: dict[str, list[Variant]] = {}
     for v in select_variants(registry, options):
         by_backend.setdefault(v.impl.backend, []).append(v)
-    assert plan_workers(by_backend, options) == {"numpy": 2, "torch": 3}
+    assert worker_limits(by_backend, options) == ({"numpy": 2, "torch": 3}, True)  # started at once
+    options.workers = 2
+    assert worker_limits(by_backend, options) == ({"numpy": 2, "torch": 2}, False)  # helpers, when worth it
+    options.workers = None
+    assert worker_limits(by_backend, options)[0]["torch"] == min(3, usable_cores())
     options.in_process = True
-    assert plan_workers(by_backend, options) == {"numpy": 1, "torch": 1}
+    assert worker_limits(by_backend, options) == ({"numpy": 1, "torch": 1}, False)
