@@ -14,8 +14,12 @@ from tests.conftest import write_cases
 # Three torch cases (a case is never split, so three can go to two workers), each with reductions
 # long enough that torch splits them across its intra-op threads: a worker with fewer threads would
 # sum them in another order. Each implementation prints its process id, which lands in its log.
+# Where DH_TEST_RENDEZVOUS names a folder, a torch case waits (up to a minute) until a case of
+# another process has started too: the split run's first worker cannot take every case before the
+# second has imported torch, however loaded the machine (nothing about the outputs changes).
 SPLIT_CASES = """
     import os
+    import time
 
     import numpy as np
 
@@ -34,6 +38,12 @@ SPLIT_CASES = """
         def _(x, w):
             import torch
             print("pid", os.getpid())
+            rendezvous = os.environ.get("DH_TEST_RENDEZVOUS")
+            if rendezvous:
+                open(os.path.join(rendezvous, str(os.getpid())), "w").close()
+                deadline = time.monotonic() + 60
+                while len(os.listdir(rendezvous)) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.05)
             return {"sum": x.float().sum(), "cols": x.float().sum(0), "mm": (x @ w).float()}
 
     for _name in ("split/a", "split/b", "split/c"):
@@ -45,10 +55,13 @@ def _pids(record: RunRecord, backend: str) -> set[str]:
     return {v.log.stdout.split()[1] for v in record.variants.values() if v.backend == backend and v.log.stdout}
 
 
-def test_split_and_unsplit_torch_workers_give_bitwise_equal_bundles_and_one_environment_id(tmp_path: Path) -> None:
+def test_split_and_unsplit_torch_workers_give_bitwise_equal_bundles_and_one_environment_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     cases = write_cases(tmp_path / "cases", SPLIT_CASES)
     unsplit = run(RunOptions(case_paths=[str(cases)], device="cpu", workers=1))
+    (tmp_path / "rendezvous").mkdir()
+    monkeypatch.setenv("DH_TEST_RENDEZVOUS", str(tmp_path / "rendezvous"))  # the workers inherit it
     split = run(RunOptions(case_paths=[str(cases)], device="cpu", workers={"torch": 2}))
 
     assert unsplit.options["workers"] == {"numpy": 1, "torch": 1}
