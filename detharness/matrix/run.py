@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from detharness.errors import DetHarnessError, UsageError
 from detharness.matrix.emulation import Prepared, Unavailable
+from detharness.matrix.emulation import environment as emulated_environment
 from detharness.matrix.overlays import SetupError, _last_line, default_overlay_cache, ensure_overlay
 from detharness.matrix.profiles import MatrixSpec, Pin, Profile, _normalize
 from detharness.results import Outcome, Status
@@ -208,7 +209,7 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
         if emulated is not None:  # the launcher starts the emulated interpreter with the same arguments
             assert overlay is not None
             command[0] = str(emulated.launcher)
-            environment = emulation_environment(emulated, overlay, profile.env, profile.unset)
+            environment = emulated_environment(emulated, overlay, profile.env, profile.unset)
             outcome.notes += emulated.notes
             removed = [v for v in emulated.unset if v in os.environ and v not in profile.env] + list(profile.unset)
             outcome.command = reproduce_line(
@@ -270,12 +271,6 @@ def _prepare_emulated(profile: Profile, cache: Path, *, python: str,
     site, reused = ensure_overlay(list(pins.values()), cache, python=python, log=log, target=target)
     prepared = emulation.prepare(profile.emulate, profile.cpu, cache / "emulation", log=log, python=python)
     return prepared, site, reused
-
-
-def emulation_environment(prepared: Prepared, site: Path, env: Mapping[str, str], unset: Sequence[str]) -> dict[str, str]:
-    from detharness.matrix import emulation
-
-    return emulation.environment(prepared, site, env, unset)
 
 
 def shown_path(path: str | os.PathLike[str]) -> str:

@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -204,27 +203,24 @@ def prepare(arch_name: str, cpu: str | None, cache: Path, *,
     :class:`detharness.matrix.overlays.SetupError` where it could but building failed. The wheels are the
     caller's (:func:`environment` puts them on the path).
     """
-    from detharness.matrix.emulation import cpu as cpu_mod
     from detharness.matrix.emulation import sysroot
 
     target = arch(arch_name)
     model = cpu or target.default_cpu
     emulator = find_emulator(target)
     base = sysroot.ensure_sysroot(target, debs_folder(), cache, python=python, log=log)
-    root = sysroot.ensure_cpu_root(target, emulator, model, base, cache, log=log)
-    launcher = root.parent / "bin" / "python3"
-    label = f"{target.name} {emulator.short} cpu={model}"
-    sysroot.write_launcher(launcher, emulator, model, root, target, label)
-    cpu_described = cpu_mod.CpuDescription.from_json(json.loads((root / sysroot.CPU_STAMP).read_text())["cpu"])
-    env = {
+    root, described = sysroot.ensure_cpu_root(target, emulator, model, base, cache, log=log)
+    prepared = Prepared(arch=target.name, cpu=model, emulator=emulator, root=root,
+                        launcher=root.parent / "bin" / "python3", unset=HOST_ONLY_VARIABLES)
+    sysroot.write_launcher(prepared.launcher, emulator, model, root, target, prepared.label)
+    prepared.env = {
         "PYTHONPATH": str(source_folder(cache)),
         "PYTHONNOUSERSITE": "1",
-        "DETHARNESS_WORKER_PYTHON": str(launcher),
-        EMULATED_VARIABLE: label,
+        "DETHARNESS_WORKER_PYTHON": str(prepared.launcher),  # detharness.runner.WORKER_PYTHON_VARIABLE
+        EMULATED_VARIABLE: prepared.label,
     }
-    notes = [f"emulated {label}: features {' '.join(cpu_described.features)}"]
-    return Prepared(arch=target.name, cpu=model, emulator=emulator, root=root, launcher=launcher, env=env,
-                    unset=HOST_ONLY_VARIABLES, notes=notes)
+    prepared.notes = [f"emulated {prepared.label}: features {' '.join(described.features)}"]
+    return prepared
 
 
 def environment(prepared: Prepared, site: Path, profile_env: Mapping[str, str], profile_unset: Sequence[str],
@@ -252,7 +248,3 @@ def stamp_matches(folder: Path, key: Mapping[str, Any], name: str = STAMP) -> bo
 def write_stamp(folder: Path, key: Mapping[str, Any], name: str = STAMP, **extra: Any) -> None:
     (folder / name).write_text(json.dumps({"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra},
                                           indent=2, sort_keys=True) + "\n")
-
-
-def describe_command(prepared: Prepared) -> str:
-    return " ".join(shlex.quote(p) for p in (prepared.emulator.path, "-L", str(prepared.root), "-cpu", prepared.cpu))

@@ -25,7 +25,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from detharness.matrix.emulation import Arch, Emulator, Unavailable, stamp_matches, write_stamp
+from detharness.matrix.emulation import EMULATED_VARIABLE, Arch, Emulator, Unavailable, stamp_matches, write_stamp
+from detharness.matrix.emulation.cpu import CpuDescription
 
 #: Which top-level folders of the extracted packages the emulated process may see through ``-L``.
 #: Anything else (``tmp``, ``home``, ``root``, ``var``...) would hide the host's folder of that name
@@ -144,9 +145,10 @@ def emulated_python(emulator: Emulator, root: Path, model: str, target: Arch) ->
 
 
 def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path, cache: Path, *,
-                    log: Callable[[str], None] = lambda _: None) -> Path:
+                    log: Callable[[str], None] = lambda _: None) -> tuple[Path, CpuDescription]:
     """The ``-L`` root folder for one CPU model: the sysroot's folders plus that model's
-    ``/proc/cpuinfo`` and ``/sys/devices/system/cpu``, described from what QEMU exposes."""
+    ``/proc/cpuinfo`` and ``/sys/devices/system/cpu``, described from what QEMU exposes; and that
+    description. A folder whose stamp holds no readable description is built again."""
     from detharness.matrix.emulation import cpu as cpu_mod
     from detharness.matrix.overlays import SetupError
 
@@ -156,7 +158,10 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
     final = cache / f"cpu-{target.name}-{model}-{_digest(key)}"
     root = final / "root"
     if stamp_matches(root, key, CPU_STAMP):
-        return root
+        try:
+            return root, cpu_mod.CpuDescription.from_json(json.loads((root / CPU_STAMP).read_text())["cpu"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a stamp without its description: describe the CPU again
     log(f"describing the emulated {model} CPU for {final}")
     with _building(final) as temp:
         (temp / "root").mkdir()
@@ -171,8 +176,9 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
             raise SetupError(f"could not read the emulated {model} CPU's features: {exc}") from None
         cpu_mod.write_tree(temp / "root", described)
         write_stamp(temp / "root", key, CPU_STAMP, cpu=described.to_json())
+        # Another run's copy, finished meanwhile, is kept: a matrix may be running under it.
         _publish(temp, final, lambda: stamp_matches(root, key, CPU_STAMP))
-    return root
+    return root, described
 
 
 def write_launcher(path: Path, emulator: Emulator, model: str, root: Path, target: Arch, label: str) -> None:
@@ -183,8 +189,8 @@ def write_launcher(path: Path, emulator: Emulator, model: str, root: Path, targe
         "#!/bin/sh\n"
         f"# Written by detharness: {target.name} Python under QEMU user-mode emulation ({emulator.short}, "
         f"cpu {model}).\n"
-        f"{_EMULATED}={shlex.quote(label)}\n"
-        f"export {_EMULATED}\n"
+        f"{EMULATED_VARIABLE}={shlex.quote(label)}\n"
+        f"export {EMULATED_VARIABLE}\n"
         f'exec {command} "$@"\n'
     )
     try:
@@ -198,5 +204,3 @@ def write_launcher(path: Path, emulator: Emulator, model: str, root: Path, targe
     temp.chmod(0o755)
     os.replace(temp, path)
 
-
-_EMULATED = "DETHARNESS_EMULATED"

@@ -59,3 +59,29 @@ def test_an_emulated_site_asks_pip_for_aarch64_wheels_of_debians_python() -> Non
     platforms = [args[i + 1] for i, a in enumerate(args) if a == "--platform"]
     assert "manylinux_2_17_aarch64" in platforms and "manylinux_2_36_aarch64" in platforms
     assert "manylinux_2_37_aarch64" not in platforms  # Debian bookworm's glibc is 2.36
+
+
+def _emulation_missing() -> str | None:
+    try:
+        emulation.check_available("aarch64")
+    except Unavailable as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_emulation_missing() is not None, reason=f"no aarch64 emulation here: {_emulation_missing()}")
+def test_the_root_folders_are_reused_by_stamp_and_a_stamp_without_its_description_is_rebuilt(tmp_path: Path) -> None:
+    target = emulation.ARCHES["aarch64"]
+    emulator = emulation.find_emulator(target)
+    base = sysroot.ensure_sysroot(target, emulation.debs_folder(), tmp_path)
+    assert sysroot.ensure_sysroot(target, emulation.debs_folder(), tmp_path) == base  # reused
+    assert {p.name for p in base.iterdir() if not p.name.startswith(".")} <= set(sysroot.KEPT_TOP_LEVEL)
+    root, described = sysroot.ensure_cpu_root(target, emulator, "cortex-a72", base, tmp_path)
+    assert described.part == 0xD08 and (root / "proc/cpuinfo").read_text().count("processor") == described.count
+    stamp = root / sysroot.CPU_STAMP
+    stamp.write_text(stamp.read_text().replace('"cpu"', '"not-the-cpu"'))  # a stamp from elsewhere
+    again, redescribed = sysroot.ensure_cpu_root(target, emulator, "cortex-a72", base, tmp_path)
+    assert again == root and redescribed == described
+    assert '"cpu"' in stamp.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]  # nothing half-built is left
