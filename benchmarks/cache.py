@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 
-def _run(out: Path, keyword: str | None, env: dict[str, str]) -> float:
-    command = [sys.executable, "-m", "detharness", "run", "--out", str(out), "--format", "json"]
+def timed_run(out: Path, keyword: str | None, env: dict[str, str], extra: list[str] | None = None) -> float:
+    """Seconds one ``detharness run --out OUT`` takes in a fresh process (exit 2 or worse ends the benchmark)."""
+    command = [sys.executable, "-m", "detharness", "run", "--out", str(out), "--format", "json", *(extra or [])]
     if keyword:
         command += ["-k", keyword]
     start = time.perf_counter()
@@ -38,8 +39,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "DETHARNESS_CACHE_DIR": str(Path(tmp) / "cache")}
         env.pop("DETHARNESS_NO_CACHE", None)
-        first = _run(Path(tmp) / "first", args.keyword, env)
-        second = _run(Path(tmp) / "second", args.keyword, env)
+        first = timed_run(Path(tmp) / "first", args.keyword, env)
+        second = timed_run(Path(tmp) / "second", args.keyword, env)
         compared = subprocess.run([sys.executable, "-m", "detharness", "compare", str(Path(tmp) / "first"),
                                    str(Path(tmp) / "second"), "--format", "json"],
                                   capture_output=True, text=True, env=env, check=False)

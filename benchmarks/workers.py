@@ -21,21 +21,15 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from cache import timed_run  # benchmarks/cache.py, beside this file
+
+from detharness.compare.scan import available_cores
 
 
 def _run(out: Path, keyword: str | None, workers: str | None, env: dict[str, str]) -> float:
-    command = [sys.executable, "-m", "detharness", "run", "--out", str(out), "--format", "json"]
-    if keyword:
-        command += ["-k", keyword]
-    if workers:
-        command += ["--workers", workers]
-    start = time.perf_counter()
-    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, check=False)
-    if done.returncode not in (0, 1):
-        sys.exit(f"detharness run exited {done.returncode}: {done.stderr.strip()}")
-    return time.perf_counter() - start
+    return timed_run(out, keyword, env, ["--workers", workers] if workers else None)
 
 
 def _manifest(bundle: Path) -> dict[str, object]:
@@ -69,7 +63,7 @@ def main() -> None:
         summary = json.loads(compared.stdout)["summary"] if compared.stdout else {}
     best = {name: min(values) for name, values in times.items()}
     ratio = best["split"] / best["unsplit"]
-    print(f"cores: {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()}")
+    print(f"cores: {available_cores()}")
     for name in ("unsplit", "split"):
         workers = (unsplit if name == "unsplit" else split)["options"]["workers"]  # type: ignore[index]
         shown = ", ".join(f"{t:.1f}" for t in times[name])

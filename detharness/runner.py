@@ -40,6 +40,7 @@ from detharness.backends import Backend, UnsupportedVariant, VariantSpec, get_ba
 from detharness.backends.base import jsonable
 from detharness.cases import Case, Context, Registry, Variant, discover, display_path
 from detharness.checks import CHECKS, RUN_CHECKS, Plan, checks_for, needed
+from detharness.compare.scan import available_cores
 from detharness.dtypes import cast_floats
 from detharness.errors import BackendError, CaseError, UsageError
 from detharness.record import CaseRecord, RunRecord, VariantRecord, digest_arrays
@@ -763,14 +764,6 @@ def take_shard(variants: list[Variant], options: RunOptions) -> tuple[list[Varia
 HELPER_GAIN = 2.0
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
-        return max(1, os.cpu_count() or 1)
-
-
 def helper_worthwhile(*, remaining_cost: int, done_cost: int, done_seconds: float, start_seconds: float | None,
                       workers: int, most: int) -> bool:
     """Whether a backend whose share still holds cases the cost table prices at ``remaining_cost``
@@ -799,7 +792,7 @@ def worker_limits(by_backend: Mapping[str, Sequence[Variant]], options: RunOptio
         elif isinstance(options.workers, Mapping):
             limits[b] = max(1, min(int(options.workers.get(b, 1)), units[b]))
         else:
-            limits[b] = max(1, min(options.workers or usable_cores(), units[b]))
+            limits[b] = max(1, min(options.workers or available_cores(), units[b]))
     return limits, forced and not options.in_process
 
 
@@ -996,7 +989,7 @@ def _run_shares(shares: Sequence[_Share], forced: bool, replies: dict[str, Reply
     for share in shares:
         for _ in range(share.most if forced else 1):
             launch(share)
-    live, cores = len(threads), usable_cores()
+    live, cores = len(threads), available_cores()
     while live:
         try:
             event = events.get(timeout=1.0)

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from detharness.cases import Variant, discover
+from detharness.compare.scan import available_cores
 from detharness.record import RunRecord, digest_arrays
-from detharness.runner import RunOptions, helper_worthwhile, run, select_variants, usable_cores, worker_limits
+from detharness.runner import RunOptions, helper_worthwhile, run, select_variants, worker_limits
 from tests.conftest import write_cases
 
 # Three torch cases (a case is never split, so three can go to two workers), each with reductions
@@ -134,6 +135,6 @@ def test_worker_limits_follow_the_option_within_the_number_of_cases(tmp_path: Pa
     options.workers = 2
     assert worker_limits(by_backend, options) == ({"numpy": 2, "torch": 2}, False)  # helpers, when worth it
     options.workers = None
-    assert worker_limits(by_backend, options)[0]["torch"] == min(3, usable_cores())
+    assert worker_limits(by_backend, options)[0]["torch"] == min(3, available_cores())
     options.in_process = True
     assert worker_limits(by_backend, options) == ({"numpy": 1, "torch": 1}, False)

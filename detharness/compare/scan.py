@@ -62,7 +62,7 @@ def available_cores() -> int:
     """Cores this process may run on (its affinity mask, not the machine's count)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
+    except (AttributeError, OSError):  # no affinity call (macOS, Windows)
         return max(1, os.cpu_count() or 1)
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from detharness.compare.scan import available_cores
+
 __all__ = [
     "AT_HWCAP",
     "AT_HWCAP2",
@@ -152,12 +154,6 @@ class CpuProbeError(Exception):
     """The emulated Python could not be run or did not say what CPU it sees (one-line message)."""
 
 
-def _default_count() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1  # pragma: no cover - macOS has no affinity call
-
-
 def feature_names(hwcap: int, hwcap2: int) -> tuple[str, ...]:
     """Linux's names of the set bits, in /proc/cpuinfo's order; bits Linux has no name for are left out."""
     names = [name for bit, name in enumerate(HWCAP_NAMES) if hwcap >> bit & 1]
@@ -189,7 +185,7 @@ class CpuDescription:
     midr: int  # MIDR_EL1
     hwcap: int  # getauxval(AT_HWCAP)
     hwcap2: int  # getauxval(AT_HWCAP2)
-    count: int = field(default_factory=_default_count)  # CPUs: by default this process's affinity
+    count: int = field(default_factory=available_cores)  # CPUs: by default this process's affinity
 
     def __post_init__(self) -> None:
         if not self.model or any(c.isspace() or c in "/," for c in self.model):

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from detharness.compare.scan import available_cores
 from detharness.matrix.emulation import EMULATED_VARIABLE, Arch, Emulator, Unavailable, stamp_matches, write_stamp
 from detharness.matrix.emulation.cpu import CpuDescription
 
@@ -152,7 +153,7 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
     from detharness.matrix.emulation import cpu as cpu_mod
     from detharness.matrix.overlays import SetupError
 
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    count = available_cores()
     key = {"sysroot": sysroot.name, "emulator": [emulator.path, emulator.version], "cpu": model, "count": count,
            "layout": 1}
     final = cache / f"cpu-{target.name}-{model}-{_digest(key)}"
