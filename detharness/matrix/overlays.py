@@ -4,6 +4,7 @@ wheels of the emulated platform)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,38 +66,56 @@ def ensure_overlay(pins: Sequence[Pin], cache: Path, *, python: str = sys.execut
     final = cache / digest
     if _stamp_matches(final, key):
         return final, True
-    cache.mkdir(parents=True, exist_ok=True)
-    temp = cache / f".tmp-{digest}-{os.getpid()}"
-    shutil.rmtree(temp, ignore_errors=True)
-    command = [python, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--no-input",
-               "--disable-pip-version-check", "--quiet", "--target", str(temp),
-               *(target.pip_target_args() if target is not None else []), *key["pins"]]
     log(f"installing {' '.join(key['pins'])} into {final}")
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=PIP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise SetupError(f"pip install {' '.join(key['pins'])} took longer than {PIP_TIMEOUT:.0f}s") from None
-    if done.returncode != 0:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise SetupError(f"pip install {' '.join(key['pins'])} failed (exit {done.returncode}): "
-                         f"{_last_line(done.stderr, prefer=('ERROR:',)) or _last_line(done.stdout)}")
-    if target is not None:
-        from detharness.matrix.emulation.sysroot import compile_tree
-
-        log(f"compiling the {target.name} wheels' bytecode")
+    with building(final) as temp:
+        command = [python, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--no-input",
+                   "--disable-pip-version-check", "--quiet", "--target", str(temp),
+                   *(target.pip_target_args() if target is not None else []), *key["pins"]]
         try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=PIP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise SetupError(f"pip install {' '.join(key['pins'])} took longer than {PIP_TIMEOUT:.0f}s") from None
+        if done.returncode != 0:
+            raise SetupError(f"pip install {' '.join(key['pins'])} failed (exit {done.returncode}): "
+                             f"{_last_line(done.stderr, prefer=('ERROR:',)) or _last_line(done.stdout)}")
+        if target is not None:
+            from detharness.matrix.emulation.sysroot import compile_tree
+
+            log(f"compiling the {target.name} wheels' bytecode")
             compile_tree(temp, python=python)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-    (temp / STAMP).write_text(json.dumps({**key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
-    if _stamp_matches(final, key):  # another matrix built it meanwhile; theirs is as good
+        (temp / STAMP).write_text(json.dumps({**key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+        # another matrix may have built it meanwhile; theirs is as good
+        reused = publish(temp, final, lambda: _stamp_matches(final, key))
+    return final, reused
+
+
+@contextlib.contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """A new, empty temporary folder beside ``final`` to build it in; removed if the build fails.
+
+    With :func:`publish`, a folder of the cache is only ever seen complete: a half-built one (a run
+    killed, a full disk) is never used, and two runs building the same folder both succeed.
+    """
+    temp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    try:
+        yield temp
+    except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
-        return final, True
-    shutil.rmtree(final, ignore_errors=True)  # a stale or broken folder of that name
+        raise
+
+
+def publish(temp: Path, final: Path, built: Callable[[], bool]) -> bool:
+    """Rename the complete ``temp`` to ``final``; where another run finished ``final`` meanwhile
+    (``built()``), keep theirs (a matrix may be running under it) and return True. A stale or
+    broken ``final`` is replaced."""
+    if built():
+        shutil.rmtree(temp, ignore_errors=True)
+        return True
+    shutil.rmtree(final, ignore_errors=True)
     os.replace(temp, final)
-    return final, False
+    return False
 
 
 def _stamp_matches(folder: Path, key: Mapping[str, Any]) -> bool:

@@ -7,14 +7,12 @@
   sysroot's top-level folders, plus ``proc/cpuinfo`` and ``sys/devices/system/cpu`` describing
   that model; and ``cpu-<model>-<digest>/bin/python3``, the host-side launcher of the emulator.
 
-Every folder is built under a temporary name and renamed into place once complete and stamped, so
-a half-built one (a killed run, a full disk) is never used; two matrices building the same folder
-at once both succeed and one keeps the other's.
+Every folder is built as the version overlays are (:func:`detharness.matrix.overlays.building` and
+``publish``): under a temporary name, renamed into place once complete and stamped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -22,12 +20,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from detharness.compare.scan import available_cores
 from detharness.matrix.emulation import EMULATED_VARIABLE, Arch, Emulator, Unavailable, stamp_matches, write_stamp
 from detharness.matrix.emulation.cpu import CpuDescription
+from detharness.matrix.overlays import SetupError, building, publish
 
 #: Which top-level folders of the extracted packages the emulated process may see through ``-L``.
 #: Anything else (``tmp``, ``home``, ``root``, ``var``...) would hide the host's folder of that name
@@ -56,7 +55,6 @@ def find_debs(folder: Path, target: Arch) -> list[Path]:
 def ensure_sysroot(target: Arch, debs_folder: Path, cache: Path, *, python: str = sys.executable,
                    log: Callable[[str], None] = lambda _: None) -> Path:
     """The extracted, precompiled root folder of ``target``'s Python (built now or reused)."""
-    from detharness.matrix.overlays import SetupError
 
     debs = find_debs(debs_folder, target)
     if shutil.which("dpkg-deb") is None:
@@ -66,7 +64,7 @@ def ensure_sysroot(target: Arch, debs_folder: Path, cache: Path, *, python: str 
     if stamp_matches(final, key):
         return final
     log(f"unpacking {len(debs)} {target.debian} packages into {final}")
-    with _building(final) as temp:
+    with building(final) as temp:
         for deb in debs:
             done = subprocess.run(["dpkg-deb", "-x", str(deb), str(temp)], capture_output=True, text=True,
                                   check=False, timeout=EXTRACT_TIMEOUT)
@@ -83,31 +81,8 @@ def ensure_sysroot(target: Arch, debs_folder: Path, cache: Path, *, python: str 
             raise SetupError(f"the packages in {debs_folder} hold no {target.python}")
         compile_tree(temp / "usr/lib/python3.11", python=python)
         write_stamp(temp, key)
-        _publish(temp, final, lambda: stamp_matches(final, key))
+        publish(temp, final, lambda: stamp_matches(final, key))
     return final
-
-
-@contextlib.contextmanager
-def _building(final: Path) -> Iterator[Path]:
-    """A new temporary folder beside ``final`` to build it in; removed if the build fails."""
-    temp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
-    try:
-        yield temp
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-
-
-def _publish(temp: Path, final: Path, built: Callable[[], bool]) -> None:
-    """Rename the complete ``temp`` to ``final``; where another run finished ``final`` meanwhile
-    (``built()``), keep theirs. A stale or broken ``final`` is replaced."""
-    if built():
-        shutil.rmtree(temp, ignore_errors=True)
-        return
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(temp, final)
 
 
 def _relative_links(root: Path) -> None:
@@ -128,7 +103,6 @@ def _relative_links(root: Path) -> None:
 def compile_tree(folder: Path, *, python: str = sys.executable) -> None:
     """Write bytecode for ``folder`` with the host's interpreter, where it is the same Python minor
     version (bytecode is portable across architectures; its magic number changes per minor)."""
-    from detharness.matrix.overlays import SetupError
 
     info = subprocess.run([python, "-c", "import sys; print(sys.version_info[:2] == (3, 11))"],
                           capture_output=True, text=True, check=False, timeout=60)
@@ -151,7 +125,6 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
     ``/proc/cpuinfo`` and ``/sys/devices/system/cpu``, described from what QEMU exposes; and that
     description. A folder whose stamp holds no readable description is built again."""
     from detharness.matrix.emulation import cpu as cpu_mod
-    from detharness.matrix.overlays import SetupError
 
     count = available_cores()
     key = {"sysroot": sysroot.name, "emulator": [emulator.path, emulator.version], "cpu": model, "count": count,
@@ -164,7 +137,7 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a stamp without its description: describe the CPU again
     log(f"describing the emulated {model} CPU for {final}")
-    with _building(final) as temp:
+    with building(final) as temp:
         (temp / "root").mkdir()
         for entry in sysroot.iterdir():
             if entry.name in KEPT_TOP_LEVEL:
@@ -177,8 +150,7 @@ def ensure_cpu_root(target: Arch, emulator: Emulator, model: str, sysroot: Path,
             raise SetupError(f"could not read the emulated {model} CPU's features: {exc}") from None
         cpu_mod.write_tree(temp / "root", described)
         write_stamp(temp / "root", key, CPU_STAMP, cpu=described.to_json())
-        # Another run's copy, finished meanwhile, is kept: a matrix may be running under it.
-        _publish(temp, final, lambda: stamp_matches(root, key, CPU_STAMP))
+        publish(temp, final, lambda: stamp_matches(root, key, CPU_STAMP))
     return root, described
 
 
