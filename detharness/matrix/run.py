@@ -263,13 +263,14 @@ def _prepare_emulated(profile: Profile, cache: Path, *, python: str,
     from detharness.matrix import emulation
 
     assert profile.emulate is not None
-    emulation.check_available(profile.emulate)  # no download for a profile that cannot run here
+    emulator = emulation.check_available(profile.emulate)  # no download for a profile that cannot run here
     pins = {_normalize(name): Pin(name, version)
             for name, version in emulation.host_versions(emulation.RUNTIME_REQUIREMENTS).items()}
     pins.update({_normalize(pin.name): pin for pin in profile.pins})
     target = emulation.arch(profile.emulate)
     site, reused = ensure_overlay(list(pins.values()), cache, python=python, log=log, target=target)
-    prepared = emulation.prepare(profile.emulate, profile.cpu, cache / "emulation", log=log, python=python)
+    prepared = emulation.prepare(profile.emulate, profile.cpu, cache / "emulation", log=log, python=python,
+                                 emulator=emulator)
     return prepared, site, reused
 
 

@@ -182,32 +182,36 @@ def host_versions(names: Sequence[str]) -> dict[str, str]:
     """The versions of ``names`` installed here (for an emulated site's defaults)."""
     from importlib import metadata
 
-    installed = {re.sub(r"[-_.]+", "-", (d.metadata["Name"] or "")).lower(): d.version for d in metadata.distributions()}
-    return {name: installed[key] for name in names if (key := re.sub(r"[-_.]+", "-", name).lower()) in installed}
+    from detharness.matrix.profiles import _normalize
+
+    installed = {_normalize(d.metadata["Name"] or ""): d.version for d in metadata.distributions()}
+    return {name: installed[key] for name in names if (key := _normalize(name)) in installed}
 
 
-def check_available(arch_name: str) -> None:
-    """Raise :class:`Unavailable` now, before any download, where this machine cannot emulate."""
+def check_available(arch_name: str) -> Emulator:
+    """The emulator, or :class:`Unavailable` now, before any download, where this machine cannot emulate."""
     from detharness.matrix.emulation import sysroot
 
     target = arch(arch_name)
-    find_emulator(target)
+    emulator = find_emulator(target)
     sysroot.find_debs(debs_folder(), target)
+    return emulator
 
 
-def prepare(arch_name: str, cpu: str | None, cache: Path, *,
-            log: Callable[[str], None] = lambda _: None, python: str = sys.executable) -> Prepared:
+def prepare(arch_name: str, cpu: str | None, cache: Path, *, log: Callable[[str], None] = lambda _: None,
+            python: str = sys.executable, emulator: Emulator | None = None) -> Prepared:
     """The emulated interpreter of an emulated profile, built now or reused from ``cache``.
 
     Raises :class:`Unavailable` where this machine cannot emulate (the profile is then skipped) and
     :class:`detharness.matrix.overlays.SetupError` where it could but building failed. The wheels are the
-    caller's (:func:`environment` puts them on the path).
+    caller's (:func:`environment` puts them on the path). ``emulator``: the one
+    :func:`check_available` found (default: look for it).
     """
     from detharness.matrix.emulation import sysroot
 
     target = arch(arch_name)
     model = cpu or target.default_cpu
-    emulator = find_emulator(target)
+    emulator = emulator or find_emulator(target)
     base = sysroot.ensure_sysroot(target, debs_folder(), cache, python=python, log=log)
     root, described = sysroot.ensure_cpu_root(target, emulator, model, base, cache, log=log)
     prepared = Prepared(arch=target.name, cpu=model, emulator=emulator, root=root,
