@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -137,6 +138,19 @@ def write_cases(folder: Path, text: str, name: str = "cases.py") -> Path:
 @pytest.fixture
 def small_cases(tmp_path: Path) -> Path:
     return write_cases(tmp_path / "small_cases", SMALL_CASES)
+
+
+@functools.cache
+def aarch64_emulation_missing() -> str | None:
+    """Why this machine cannot emulate aarch64 (no emulator or packages: ci/setup-arm.sh), or None.
+    The emulation tests skip with it, so the reason is looked up once per process."""
+    from detharness.matrix.emulation import Unavailable, check_available
+
+    try:
+        check_available("aarch64")
+    except Unavailable as exc:
+        return str(exc)
+    return None
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,

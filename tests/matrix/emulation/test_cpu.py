@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from detharness.matrix import emulation
 from detharness.matrix.emulation import cpu as C
+from detharness.matrix.emulation import sysroot
 from detharness.matrix.emulation.cpu import (
     HWCAP2_NAMES,
     HWCAP_NAMES,
@@ -27,11 +29,13 @@ from detharness.matrix.emulation.cpu import (
     probe,
     write_tree,
 )
+from tests.conftest import aarch64_emulation_missing
 
 # What qemu-aarch64 7.2 reports for -cpu neoverse-n1 (the probe's answer on the machine this was
 # written on): a Neoverse-N1 r4p1 without the evtstrm and ssbs HWCAPs real kernels show.
 N1_HWCAP = 1155067
 N1 = CpuDescription("neoverse-n1", 0x414FD0C1, N1_HWCAP, 0, count=2)
+AARCH64 = emulation.ARCHES["aarch64"]
 N1_FEATURES = ["fp", "asimd", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp", "asimdhp", "cpuid",
                "asimdrdm", "lrcpc", "dcpop", "asimddp"]
 
@@ -258,29 +262,18 @@ def test_probe_errors_are_one_line(tmp_path: Path) -> None:
 
 # -- under the real emulator ------------------------------------------------------------------------
 
-QEMU = shutil.which("qemu-aarch64-static")
-DEBS = Path(os.environ.get("DETHARNESS_ARM_DEBS") or "/var/cache/detharness/arm64-debs")
-
-
 @pytest.fixture(scope="session")
 def arm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Debian's arm64 python3.11 and its libraries extracted into a folder of this session's own."""
-    if QEMU is None:
-        pytest.skip("qemu-aarch64-static is not installed (ci/setup-arm.sh installs it)")
-    debs = sorted(DEBS.glob("*.deb")) if DEBS.is_dir() else []
-    if not any(deb.name.startswith("python3.11_") for deb in debs):
-        pytest.skip(f"no python3.11 arm64 .deb in {DEBS} (ci/setup-arm.sh downloads them; or set DETHARNESS_ARM_DEBS)")
-    if shutil.which("dpkg-deb") is None:
-        pytest.skip("dpkg-deb is not installed")
-    root = tmp_path_factory.mktemp("arm-root")
-    for deb in debs:
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True, timeout=120)
-    return root
+    """Debian's arm64 python3.11 and its libraries, unpacked as a matrix unpacks them, into a folder of
+    this session's own."""
+    missing = aarch64_emulation_missing()
+    if missing is not None:
+        pytest.skip(f"no aarch64 emulation here: {missing}")
+    return sysroot.ensure_sysroot(AARCH64, emulation.debs_folder(), tmp_path_factory.mktemp("arm"))
 
 
 def _emulated(root: Path, model: str) -> list[str]:
-    assert QEMU is not None
-    return [QEMU, "-L", str(root), "-cpu", model, str(root / "usr/bin/python3.11")]
+    return sysroot.emulated_python(emulation.find_emulator(AARCH64), root, model, AARCH64)
 
 
 def _clean_env() -> dict[str, str]:

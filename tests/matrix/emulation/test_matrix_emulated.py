@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from detharness.matrix import ProfileError, emulation, load_profiles, parse_profiles, run_command
-from detharness.matrix.emulation import Emulator, Prepared, Unavailable
-from tests.conftest import ROOT, run_cli
+from detharness.matrix.emulation import Emulator, Prepared
+from tests.conftest import ROOT, aarch64_emulation_missing, run_cli
 
 
 def spec_of(text: str):  # type: ignore[no-untyped-def]
@@ -135,16 +135,9 @@ def test_a_profile_that_cannot_be_emulated_here_is_skipped_and_the_rest_go_on(tm
     assert not (tmp_path / "out" / "arm").exists()
 
 
-def emulation_missing() -> str | None:
-    try:
-        emulation.check_available("aarch64")
-    except Unavailable as exc:
-        return str(exc)
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(emulation_missing() is not None, reason=f"no aarch64 emulation here: {emulation_missing()}")
+@pytest.mark.skipif(aarch64_emulation_missing() is not None,
+                    reason=f"no aarch64 emulation here: {aarch64_emulation_missing()}")
 def test_a_numpy_only_aarch64_profile_runs_emulated_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "profiles.toml").write_text(textwrap.dedent(NUMPY_ONLY))
     out = tmp_path / "out"

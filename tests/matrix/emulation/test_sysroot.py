@@ -11,6 +11,7 @@ import pytest
 
 from detharness.matrix import emulation
 from detharness.matrix.emulation import Emulator, Unavailable, sysroot
+from tests.conftest import aarch64_emulation_missing
 
 
 def test_absolute_links_inside_the_root_become_relative(tmp_path: Path) -> None:
@@ -61,16 +62,9 @@ def test_an_emulated_site_asks_pip_for_aarch64_wheels_of_debians_python() -> Non
     assert "manylinux_2_37_aarch64" not in platforms  # Debian bookworm's glibc is 2.36
 
 
-def _emulation_missing() -> str | None:
-    try:
-        emulation.check_available("aarch64")
-    except Unavailable as exc:
-        return str(exc)
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_emulation_missing() is not None, reason=f"no aarch64 emulation here: {_emulation_missing()}")
+@pytest.mark.skipif(aarch64_emulation_missing() is not None,
+                    reason=f"no aarch64 emulation here: {aarch64_emulation_missing()}")
 def test_the_root_folders_are_reused_by_stamp_and_a_stamp_without_its_description_is_rebuilt(tmp_path: Path) -> None:
     target = emulation.ARCHES["aarch64"]
     emulator = emulation.find_emulator(target)
