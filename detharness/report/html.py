@@ -40,7 +40,13 @@ from detharness.report._format import (
     shift_line,
     skipped_reasons,
 )
-from detharness.report.sections import IDENTICAL_ROWS, between, emulated_environments, known_reasons
+from detharness.report.sections import (
+    IDENTICAL_ROWS,
+    between,
+    emulated_environments,
+    environment_labels,
+    known_reasons,
+)
 from detharness.results import QUIET, Status
 
 #: Failures that get a sentence in the banner (the first BANNER_OPEN shown, the others folded); the
@@ -200,11 +206,8 @@ def _cases(report: Mapping[str, Any], figures: Mapping[int, Mapping[str, Any]], 
 def _environments(report: Mapping[str, Any]) -> dict[str, Any]:
     envs: Mapping[str, Mapping[str, Any]] = report.get("environments") or {}
     ids = list(envs)
-    labels = dict.fromkeys(ids, "")
-    matrix = report.get("matrix") or {}
-    for label, eid in (matrix.get("ids") or {}).items():
-        if eid in labels and not labels[eid]:
-            labels[eid] = label
+    named = environment_labels(report)
+    labels = {e: named.get(e, "") for e in ids}
     keys = sorted({k for fp in envs.values() for k in fp}, key=lambda k: (k not in _ENV_FIRST,
                                                                          _ENV_FIRST.index(k) if k in _ENV_FIRST else 0, k))
     rows, unset = [], []

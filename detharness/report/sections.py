@@ -118,11 +118,20 @@ def text_failures_brief(report: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def environment_labels(report: Mapping[str, Any]) -> dict[str, str]:
+    """Each environment id's label in an N-way report (a profile's or bundle's name); where several
+    labels share one environment (profiles that changed nothing that is recorded), the first."""
+    labels: dict[str, str] = {}
+    for label, eid in ((report.get("matrix") or {}).get("ids") or {}).items():
+        labels.setdefault(eid, label)
+    return labels
+
+
 def emulated_environments(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, what is emulated) for each environment that ran under an emulator (``machine.emulated``):
     the label a matrix gave it, else its id. Said in every report so no one reads it as silicon."""
     envs: Mapping[str, Mapping[str, Any]] = report.get("environments") or {}
-    labels = {eid: label for label, eid in ((report.get("matrix") or {}).get("ids") or {}).items()}
+    labels = environment_labels(report)
     return [(labels.get(eid) or str(eid)[:12], str(fp["machine.emulated"]))
             for eid, fp in envs.items() if fp.get("machine.emulated")]
 
