@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
+from detharness.cases import variant_id
 from detharness.checks.base import (
     Plan,
     float64_reference,
@@ -38,9 +39,9 @@ def _oracle(record: RunRecord, case: CaseRecord, v: VariantRecord) -> Oracle | N
     ref = float64_reference(record, case)
     if ref is None or v.dtype not in FLOAT_DTYPES:
         return None
-    same = next((w for w in record.variants.values() if w.case == v.case and w.impl == ref.impl and w.id != ref.id
-                 and w.dtype == v.dtype and w.device == ref.device and w.mode == ref.mode and w.status == Outcome.OK),
-                None)
+    same = record.variants.get(variant_id(v.case, ref.impl, ref.device, v.dtype, ref.mode))
+    if same is not None and (same.id == ref.id or same.status != Outcome.OK):
+        same = None
     if same is not None and same.id == v.id:
         return None  # the reference implementation at this dtype is the baseline itself
     return Oracle(ref.id, ref.outputs, same.outputs if same is not None else None,

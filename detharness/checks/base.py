@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from detharness.cases import shell_path
+from detharness.cases import shell_path, variant_id
 from detharness.compare import Status, Verdict
 from detharness.dtypes import FLOAT_DTYPES
 from detharness.results import COVERABLE, FIELDS, Outcome, Result
@@ -115,8 +115,7 @@ def float64_reference(record: RunRecord, case: CaseRecord | None) -> VariantReco
     if ref is None:
         return None
     if ref.dtype != "float64":
-        ref = next((v for v in record.variants.values() if v.case == case.id and v.impl == ref.impl
-                    and v.dtype == "float64" and v.device == ref.device and v.mode == ref.mode), None)
+        ref = record.variants.get(variant_id(case.id, ref.impl, ref.device, "float64", ref.mode))
     return ref if ref is not None and ref.status == Outcome.OK else None
 
 
