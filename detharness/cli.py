@@ -545,9 +545,10 @@ def cmd_tolerances(args: argparse.Namespace, out: TextIO) -> int:
     if not args.margin >= 1:
         raise UsageError(f"--margin {args.margin}: use a factor of 1 or more (the suggestion is needed x K)")
     records = [record_mod.load(path) for path in args.bundles]
-    out.write(tolerances.main_table(records, margin=args.margin, fmt=args.format).rstrip("\n") + "\n")
+    rows = tolerances.needed(records)
+    out.write(tolerances.main_table(records, margin=args.margin, fmt=args.format, rows=rows).rstrip("\n") + "\n")
     if args.write:
-        suggestions = tolerances.suggest(tolerances.needed(records), margin=args.margin)
+        suggestions = tolerances.suggest(rows, margin=args.margin)
         try:
             tolerances.write(args.write, suggestions)
         except OSError as exc:

@@ -629,10 +629,12 @@ def render(rows: Sequence[Row], fmt: str = "text", margin: float | None = None) 
     return str(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
 
 
-def main_table(records: Sequence[RunRecord], margin: float = 2.0, fmt: str = "text") -> str:
-    """What ``detharness tolerances BUNDLE...`` prints: :func:`render` of :func:`needed`, with the
-    suggested column for ``margin``, and for text and markdown a line counting the flags."""
-    rows = needed(records)
+def main_table(records: Sequence[RunRecord], margin: float = 2.0, fmt: str = "text",
+               rows: Sequence[Row] | None = None) -> str:
+    """What ``detharness tolerances BUNDLE...`` prints: :func:`render` of :func:`needed` (or the
+    ``rows`` the caller already has), with the suggested column for ``margin``, and for text and
+    markdown a line counting the flags."""
+    rows = needed(records) if rows is None else rows
     table = render(rows, fmt, margin=margin)
     if fmt == "json" or not rows:
         return table

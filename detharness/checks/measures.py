@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 SHIFT_TAGS = frozenset({"preprocessing", "skew"})
 #: Results whose arrays are compared element by element (an error, a skip, a missing side or a
 #: shape mismatch has nothing to measure).
-_MEASURED = frozenset({Status.IDENTICAL, Status.CLOSE, Status.KNOWN, Status.DIVERGED, Status.MISMATCH})
+_MEASURED = frozenset({Status.IDENTICAL, Status.CLOSE, Status.DIVERGED, Status.MISMATCH})
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,14 @@ def _decision(result: Result, rule: str, expected: np.ndarray, actual: np.ndarra
     from detharness.errors import DetHarnessError
 
     try:
-        found = decision_flips(rule, expected, actual, allowed_error(result.tolerance, expected, actual.dtype))
+        decision = Decision.parse(rule)
+        found = decision_flips(decision, expected, actual, allowed_error(result.tolerance, expected, actual.dtype))
     except (ValueError, TypeError, DetHarnessError) as exc:
         return result.replace(message=f"{result.message}\n  decision {rule!r} not measured: {exc}")
     result = result.replace(decision=found)
     if not found["exceeds"] or result.status not in (Status.IDENTICAL, Status.CLOSE):
         return result
-    allowed = Decision.parse(rule).allowed_flips(found["total"])
+    allowed = decision.allowed_flips(found["total"])
     near = found["near_ties"]
     where = ", ".join(f"{idx} (margin {m:.3g})" if m is not None else str(idx)
                       for idx, m in zip(found["indices"][:3], found["margins"][:3], strict=False))
