@@ -63,3 +63,9 @@ def cast_floats(array: np.ndarray, name: str) -> np.ndarray:
     if array.dtype.kind == "f" or array.dtype == _NUMPY["bfloat16"]:
         return array.astype(numpy_dtype(name), copy=False)
     return array
+
+
+def bitwise_equal(a: Any, b: Any) -> bool:
+    """Same dtype, shape and bytes: NaNs with equal bits are equal, -0.0 differs from 0.0."""
+    x, y = np.asarray(a), np.asarray(b)
+    return bool(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes())

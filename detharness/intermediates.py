@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from detharness.dtypes import bitwise_equal
+
 #: Layer outputs and inputs kept per variant; the rest are dropped and counted.
 MAX_BYTES = 32 * 1024 * 1024
 
@@ -53,13 +55,8 @@ class Recorded:
                 "fusion_changed": self.fusion_changed, "fused": list(self.fused), "dropped": self.dropped}
 
 
-def _same(a: Any, b: Any) -> bool:
-    x, y = np.asarray(a), np.asarray(b)
-    return bool(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes())
-
-
 def _check_reproduces(recorded: Recorded, produced: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
-    differing = [name for name, array in outputs.items() if name in produced and not _same(produced[name], array)]
+    differing = [name for name, array in outputs.items() if name in produced and not bitwise_equal(produced[name], array)]
     if differing:
         recorded.approximate = True
         recorded.notes.append(f"the run with its layers recorded gave other bits for {', '.join(differing)}: "

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from detharness.backends.torch_capture import _size
+from detharness.dtypes import bitwise_equal
 
 #: Call-like primitives whose jaxpr is evaluated equation by equation in their place, and the
 #: parameter that holds it (a ``ClosedJaxpr`` or a ``Jaxpr``).
@@ -150,7 +151,7 @@ def reproduces(captured: Captured, jitted_outputs: Any) -> bool:
     expected = [_to_numpy(v) for v in jax.tree_util.tree_leaves(jitted_outputs)]
     if len(expected) != len(captured.outputs):
         return False
-    return all(_bitwise_equal(a, b) for a, b in zip(captured.outputs, expected, strict=True))
+    return all(bitwise_equal(a, b) for a, b in zip(captured.outputs, expected, strict=True))
 
 
 class _Run:
@@ -262,8 +263,3 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.array(jax.device_get(value), copy=True)
 
 
-def _bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same dtype, shape and bytes (so NaNs with equal bits are equal, and -0.0 differs from 0.0)."""
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    return np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from detharness.dtypes import bitwise_equal
+
 __all__ = [
     "NAME_SCOPES_KEY",
     "STACK_TRACE_KEY",
@@ -182,11 +184,6 @@ def _run(session: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]
     return dict(zip((meta.name for meta in session.get_outputs()), arrays, strict=True))
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-
 def capture(
     model: Any,
     feeds: Mapping[str, np.ndarray],
@@ -222,7 +219,7 @@ def capture(
         notes.append(f"{len(skipped)} node outputs are not tensors and were not captured ({shown})")
     if reference is None:
         reference = _run(make_session(model.SerializeToString()), feeds)
-    differing = [name for name in own if name in reference and not _same_bits(values[name], reference[name])]
+    differing = [name for name in own if name in reference and not bitwise_equal(values[name], reference[name])]
     if differing:
         notes.append(
             f"with every node output exposed the model's output {', '.join(differing)} is not bitwise the "

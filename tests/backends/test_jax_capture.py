@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from detharness.backends.jax_capture import Captured, capture, reproduces, scoped_layers
+from detharness.dtypes import bitwise_equal
 
 pytest.importorskip("jax")
 import jax
@@ -37,10 +38,6 @@ def ln_gelu_matmul(x: Any, g: Any, b: Any, w: Any) -> Any:
 def xw() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.standard_normal((4, 8)).astype(np.float32), rng.standard_normal((8, 8)).astype(np.float32)
-
-
-def bitwise_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def test_layers_in_program_order_with_scope_names(xw: tuple[np.ndarray, np.ndarray]) -> None:
