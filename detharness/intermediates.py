@@ -77,7 +77,7 @@ def record(backend: Any, obj: Any, spec: Any, call: Any, inputs: Sequence[Any], 
     if onnx_bytes is not None and make_session is not None:
         import onnx
 
-        return _record_onnx(backend, onnx.load_from_string(onnx_bytes), make_session, call, inputs, outputs,
+        return _record_onnx(backend, onnx.load_from_string(onnx_bytes), make_session, call, inputs,
                             max_bytes=max_bytes)
     if roundtrip:
         return None
@@ -122,12 +122,12 @@ def _record_jax(fn: Any, inputs: Sequence[Any], outputs: Mapping[str, np.ndarray
     return recorded
 
 
-def _record_onnx(backend: Any, model: Any, make_session: Any, call: Any, inputs: Sequence[Any],
-                 outputs: Mapping[str, np.ndarray], *, max_bytes: int) -> Recorded:
+def _record_onnx(backend: Any, model: Any, make_session: Any, call: Any, inputs: Sequence[Any], *,
+                 max_bytes: int) -> Recorded:
     from detharness.backends import onnx_capture
+    from detharness.runner import declared_inputs
 
-    feed_names = [i.name for i in model.graph.input
-                  if i.name not in {init.name for init in model.graph.initializer}]
+    feed_names = declared_inputs(model) or []
     feeds = {name: backend.to_numpy(array) if not isinstance(array, np.ndarray) else array
              for name, array in zip(feed_names, inputs, strict=False)}
     captured = onnx_capture.capture(model, feeds, make_session=lambda data: make_session(data, None),
