@@ -21,8 +21,9 @@ Modes:
 Why dynamo is the default (measured here, torch 2.13 CPU, onnxscript 0.7, onnxruntime 1.32):
 
 - Speed: TorchScript exports a 3-layer MLP in 3 ms and a small conv net in 5 ms (30 ms for the
-  first export in a process); dynamo takes 0.4-0.6 s each (1.9 s for the first). It is paid once
-  in ``prepare``, never in the timed call.
+  first export in a process); dynamo takes 0.2-0.4 s each once its op registry is built
+  (:func:`reused_onnx_registry`; 1.9 s for the first). It is paid once in ``prepare``, never in
+  the timed call, and a cached export (:mod:`detharness.cache`) is not paid again.
 - Robustness: both exported an MLP, conv+BatchNorm, LayerNorm, MultiheadAttention, an LSTM and a
   dict output, in float32 and float16, within 1.2e-7 of eager. Where they differ dynamo is the
   safer one: a data-dependent branch (``x * 2 if x.sum() > 0 else x - 1``) fails to export with
@@ -442,7 +443,9 @@ class TorchBackend(Backend):
                         module, inputs, buffer, dynamo=False, opset_version=opset_version, verbose=False
                     )
                     return buffer.getvalue()
-                program = torch.onnx.export(module, inputs, dynamo=True, opset_version=opset_version, verbose=False)
+                with reused_onnx_registry(torch):
+                    program = torch.onnx.export(module, inputs, dynamo=True, opset_version=opset_version,
+                                                verbose=False)
             except TypeError as exc:
                 if "dynamo" in str(exc):
                     raise UnsupportedVariant(
@@ -469,6 +472,58 @@ def _plain_attributes(module: Any) -> dict[str, Any]:
 
     return {k: plain(v) for k, v in sorted(vars(module).items())
             if not k.startswith("_") and k not in skip}
+
+
+#: The dynamo exporter's op registries this process built, by what they were built from
+#: (:func:`reused_onnx_registry`).
+_ONNX_REGISTRIES: dict[Any, Any] = {}
+
+
+@contextlib.contextmanager
+def reused_onnx_registry(torch: Any) -> Iterator[None]:
+    """Within the block, the dynamo exporter builds its registry of ONNX functions once per process
+    and opset instead of once per export.
+
+    ``torch.onnx.export`` calls ``ONNXRegistry.from_torchlib`` on every export, which re-parses the
+    source of every torchlib function: 0.4 of the 0.6-0.8 CPU-seconds a small model's export takes
+    here (torch 2.13, onnxscript 0.7), about 24 s of the built-in library's run. The registry is a
+    pure function of the installed torch and onnxscript, the opset and the op libraries loaded, and
+    an export only reads it (``get_decomps``; ``register_op`` is called only for a
+    ``custom_translation_table``, which detharness never passes). So one is kept per (arguments,
+    ``torch.ops.loaded_libraries``, torchvision imported or not), and the exported bytes are
+    unchanged (tested, model by model). The patch is undone when the block ends; a torch without
+    this registry, or a call whose arguments cannot be keys, builds as torch does.
+    """
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:
+        yield
+        return
+    cls = getattr(_registration, "ONNXRegistry", None)
+    original = vars(cls).get("from_torchlib") if cls is not None else None
+    if not isinstance(original, classmethod):
+        yield
+        return
+    build = original.__func__
+
+    def from_torchlib(registry_cls: Any, *args: Any, **kwargs: Any) -> Any:
+        import sys
+
+        key = (registry_cls, args, tuple(sorted(kwargs.items())),
+               frozenset(getattr(torch.ops, "loaded_libraries", ())), "torchvision" in sys.modules)
+        try:
+            registry = _ONNX_REGISTRIES.get(key)
+        except TypeError:  # an argument that cannot be a key: build as torch does
+            return build(registry_cls, *args, **kwargs)
+        if registry is None:
+            registry = _ONNX_REGISTRIES[key] = build(registry_cls, *args, **kwargs)
+        return registry
+
+    cls.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original
 
 
 @contextlib.contextmanager

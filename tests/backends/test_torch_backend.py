@@ -280,6 +280,42 @@ def test_export_onnx_pins_the_opset_and_restores_the_loggers(backend: TorchBacke
         backend.export_onnx(module, (x,), "tflite")
 
 
+def test_a_reused_onnx_registry_gives_the_bytes_a_fresh_one_gives(backend: TorchBackend) -> None:
+    """The dynamo exporter's op registry is built once per process and opset, not once per export:
+    the exported bytes equal those of a plain ``torch.onnx.export`` (which builds its own), for a
+    dict-output MLP, a Conv+BatchNorm stack (folded) and an LSTM, at two opsets; the registry is
+    shared only inside the block and torch's own builder is put back after it."""
+    pytest.importorskip("onnxscript")
+    from torch.onnx._internal.exporter import _registration
+
+    from detharness.backends.torch_backend import quiet_export, reused_onnx_registry
+
+    torch.manual_seed(3)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    with torch.no_grad():
+        conv[1].running_mean.uniform_(-1, 1)
+        conv[1].running_var.uniform_(0.5, 2)
+    models = [
+        (TwoHeads(params(backend)).eval(), (torch.ones(2, 8),)),
+        (conv, (torch.randn(1, 3, 6, 6),)),
+        (torch.nn.LSTM(4, 5, batch_first=True).eval(), (torch.randn(2, 3, 4),)),
+    ]
+    for opset in (18, 20):
+        for module, inputs in models:
+            with quiet_export():
+                fresh = torch.onnx.export(module, inputs, dynamo=True, opset_version=opset, verbose=False)
+            assert fresh is not None
+            reused = backend.export_onnx(module, inputs, "dynamo", opset=opset)
+            assert reused == fresh.model_proto.SerializeToString()
+    original = vars(_registration.ONNXRegistry)["from_torchlib"]
+    with reused_onnx_registry(torch):
+        first = _registration.ONNXRegistry.from_torchlib(opset_version=18)
+        assert _registration.ONNXRegistry.from_torchlib(opset_version=18) is first
+        assert _registration.ONNXRegistry.from_torchlib(opset_version=20) is not first
+    assert vars(_registration.ONNXRegistry)["from_torchlib"] is original
+    assert _registration.ONNXRegistry.from_torchlib(opset_version=18) is not first
+
+
 def test_fingerprint_records_the_onnx_stack_its_onnx_modes_load_without_importing_it(backend: TorchBackend) -> None:
     """ONNX Runtime run only through torch's ``onnx`` mode is still in the environment: a pinned
     onnxruntime changes the environment id, and the same keys as the onnxruntime backend's merge."""
