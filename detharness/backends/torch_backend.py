@@ -499,8 +499,8 @@ def reused_onnx_registry(torch: Any) -> Iterator[None]:
     except ImportError:
         yield
         return
-    cls = getattr(_registration, "ONNXRegistry", None)
-    original = vars(cls).get("from_torchlib") if cls is not None else None
+    cls: Any = getattr(_registration, "ONNXRegistry", None)
+    original = vars(cls).get("from_torchlib") if isinstance(cls, type) else None
     if not isinstance(original, classmethod):
         yield
         return
