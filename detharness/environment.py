@@ -85,6 +85,9 @@ NUMERICS_VARIABLES: tuple[str, ...] = (
 # Families recorded whenever one of their members is set: MKL and OpenBLAS read many variables, new
 # ones appear with releases, and most of them pick kernels, thread counts or cache blockings.
 NUMERICS_VARIABLE_PREFIXES: tuple[str, ...] = ("MKL_", "OPENBLAS_")
+# Members of those families that change no result: how long OpenBLAS's idle threads spin before they
+# sleep (the test suite sets it; two runs that differ only in it must share an environment id).
+NOT_NUMERICS_VARIABLES: frozenset[str] = frozenset({"OPENBLAS_THREAD_TIMEOUT"})
 
 # Keys left out of the environment id. ``cpu.count`` alone changes no result: what it changes are the
 # default thread counts, and those are recorded as their own keys (``blas.threads``,
@@ -419,5 +422,6 @@ def _numpys_blas(blas_infos: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _numerics_variables(environ: Mapping[str, str]) -> dict[str, Any]:
     names = set(NUMERICS_VARIABLES)
-    names.update(name for name in environ if name.startswith(NUMERICS_VARIABLE_PREFIXES))
+    names.update(name for name in environ
+                 if name.startswith(NUMERICS_VARIABLE_PREFIXES) and name not in NOT_NUMERICS_VARIABLES)
     return {f"env.{name}": environ.get(name) for name in sorted(names)}

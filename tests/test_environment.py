@@ -108,6 +108,16 @@ def test_variable_families_are_recorded_when_set(monkeypatch: pytest.MonkeyPatch
     assert fp["env.OPENBLAS_VERBOSE"] == "2"
 
 
+def test_openblas_thread_timeout_is_not_part_of_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long idle BLAS threads spin changes no result: runs that differ only in it share an id."""
+    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    without = fingerprint()
+    monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "30")
+    with_it = fingerprint()
+    assert "env.OPENBLAS_THREAD_TIMEOUT" not in with_it
+    assert environment_id(with_it) == environment_id(without)
+
+
 def test_variable_holding_a_path_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/home/alice/dumps --xla_cpu_enable_fast_math=false")
     monkeypatch.setenv("MKL_CONFIG", "/home/alice/mkl.cfg")
