@@ -242,13 +242,13 @@ def test_cpu_capability_misses_and_jax_compiles_go_into_the_cache(tmp_path: Path
         jax_runs = [_cli("run", "--cases", str(jax_cases), "--out", str(tmp_path / "jax_on")),
                     _cli("run", "--cases", str(jax_cases), "--out", str(tmp_path / "jax_off"), "--no-cache")]
     _finish(first)
-    again = _cli("run", "--cases", str(cases), "--out", str(tmp_path / "again"))
+    # The same run again would hit (test_cached_uncached_and_corrupt_runs_give_identical_bundles
+    # shows it); under another CPU capability the export it finds is not its own.
     generic = _cli("run", "--cases", str(cases), "--out", str(tmp_path / "generic"),
                    env={"ATEN_CPU_CAPABILITY": "default"})
-    for proc in (again, generic, *jax_runs):
+    for proc in (generic, *jax_runs):
         _finish(proc)
     assert record_mod.load(tmp_path / "first").variants[ONNX_ID].cache == {"onnx_export": "miss"}
-    assert record_mod.load(tmp_path / "again").variants[ONNX_ID].cache == {"onnx_export": "hit"}
     generic_record = record_mod.load(tmp_path / "generic")
     if torch.backends.cpu.get_cpu_capability() != "DEFAULT":
         assert generic_record.environment["torch.cpu_capability"] == "DEFAULT"

@@ -352,16 +352,19 @@ def test_run_job_script_writes_the_bundle_even_when_an_implementation_diverges(t
     assert (root / "reports" / "cpu-test.json").exists() and (tmp_path / "summary.md").read_text().startswith("## ")
 
 
-def gpu_machine_python(tmp_path: Path) -> Path:
+def gpu_machine_python(tmp_path: Path, *, without: str = "") -> Path:
     """An interpreter like the GPU machine's: this venv's packages but no hypothesis, onnx, onnxscript or
-    pandas, and detharness not installed (the script must run it from the tree)."""
+    pandas, and detharness not installed (the script must run it from the tree). ``without`` hides more:
+    a regular expression alternative, such as "torch|jax|jaxlib", matched at the start of a package's
+    entries (its folder and its dist-info)."""
     if sys.prefix == sys.base_prefix:
         pytest.skip("needs a virtual environment to copy the package set from")
-    venv = tmp_path / "gpu-venv"
+    venv = tmp_path / ("gpu-venv" + ("-without" if without else ""))
     subprocess.run([sys.base_prefix + "/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python3*/site-packages"))
     ours = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
-    hidden = re.compile(r"^(__editable__|detharness|_?hypothesis|onnx$|onnx-|onnx_ir|onnxscript|pandas)")
+    hidden = re.compile(r"^(__editable__|detharness|_?hypothesis|onnx$|onnx-|onnx_ir|onnxscript|pandas"
+                        + (rf"|(?:{without})(?:$|-)" if without else "") + ")")
     for entry in ours.iterdir():
         if not hidden.match(entry.name):
             (site / entry.name).symlink_to(entry)
@@ -381,10 +384,15 @@ def test_gpu_check_runs_from_the_tree_and_reports_no_gpu(tmp_path: Path) -> None
     assert "skipped: no GPU is seen" in done.stdout
     assert "CUDA variants that failed: 0" in done.stdout
     assert (tmp_path / "out" / "bundle" / "manifest.json").exists() and (tmp_path / "out" / "env.txt").exists()
+    # The exit code where no GPU is allowed: on a numpy-only interpreter (a GPU machine whose frameworks
+    # are missing sees no GPU either), so this second pass does not import torch and jax again.
+    numpy_only = gpu_machine_python(tmp_path, without="torch|jax|jaxlib|jax_plugins|onnxruntime")
     allowed = subprocess.run(["bash", str(ROOT / "ci" / "gpu-check.sh"), str(tmp_path / "out2")], capture_output=True,
-                             text=True, env={**env, "DH_ALLOW_NO_GPU": "1", "DH_KEYWORD": "preprocessing/standardize and numpy"},
+                             text=True, env={**env, "PYTHON": str(numpy_only), "DH_ALLOW_NO_GPU": "1",
+                                             "DH_KEYWORD": "preprocessing/standardize and numpy"},
                              timeout=300, cwd=tmp_path)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "torch: not installed" in allowed.stdout and "gpu-check: NO GPU IS SEEN" in allowed.stdout
 
 
 def test_gpu_check_collects_only_case_items_where_hypothesis_and_onnx_are_missing(tmp_path: Path) -> None:

@@ -81,7 +81,9 @@ def _bisect(*args: str, cwd: Path) -> tuple[int, dict[str, Any]]:
 def test_bisect_names_the_layer_whose_weight_moved_and_the_error_it_introduced(bundles: tuple[Path, Path, Path]
                                                                               ) -> None:
     cases, a, b = bundles
-    code, report = _bisect(str(a), str(b), cwd=cases.parent)
+    # One run gives both: the text on stdout and the JSON report (each bisect re-runs the layers).
+    done = run_cli("bisect", str(a), str(b), "--report", str(cases.parent / "bisect.json"), cwd=cases.parent)
+    code, report, text = done.returncode, json.loads((cases.parent / "bisect.json").read_text()), done.stdout
     by_variant = {r["variant"]: r for r in report["results"]}
     eager = by_variant["deep/stack[torch:cpu:float32:eager]"]["first_divergence"]
     assert eager["layer"] == "4" and eager["layer_index"] == 4  # named_modules(): the third Linear
@@ -91,8 +93,7 @@ def test_bisect_names_the_layer_whose_weight_moved_and_the_error_it_introduced(b
     assert [row["status"] for row in eager["curve"][:4]] == ["identical"] * 4
     # The ONNX export's layers carry the torch module names: the same layer is named.
     assert by_variant["deep/stack[torch:cpu:float32:onnx]"]["first_divergence"]["layer"] == "4"
-    assert code == 0
-    text = run_cli("bisect", str(a), str(b), cwd=cases.parent).stdout
+    assert code == 0, done.stderr
     assert "deep/stack[torch:cpu:float32:eager]: first differs at '4' (layer 5 of 12)" in text
     assert ", introduced " in text and ", inherited 0;" in text
 
