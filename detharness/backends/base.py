@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.metadata
 import importlib.util
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -435,6 +434,10 @@ def _module_found(module: str) -> bool:
 
 
 def _distribution_version(dist: str) -> str | None:
+    # Imported here: importlib.metadata (and the email package it reads metadata with) is a sixth of
+    # detharness's own import time, and a run's parent and its workers import detharness at start-up.
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:

@@ -43,7 +43,6 @@ skip: it is a finding about the model.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import importlib.util
 import io
 import logging
@@ -309,6 +308,8 @@ class TorchBackend(Backend):
         if exporter == "dynamo":
             # The dynamo exporter's translation to ONNX ops lives in onnxscript: its version
             # changes the graph as much as torch's does.
+            import importlib.metadata
+
             self._run_info["onnxscript.version"] = importlib.metadata.version("onnxscript")
         to_numpy = self.to_numpy
 
@@ -571,6 +572,8 @@ def onnx_stack_versions() -> dict[str, str]:
     fingerprint is the same whether or not a variant has loaded them yet. What is not installed is
     left out; the same keys and values as the onnxruntime backend's fingerprint, so the two merge.
     """
+    import importlib.metadata  # here, not at import: see base._distribution_version
+
     found: dict[str, str] = {}
     for key, distributions in ONNX_STACK.items():
         for distribution in distributions:
