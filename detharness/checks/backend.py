@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from detharness.cases import variant_id
 from detharness.checks.base import (
@@ -65,6 +65,7 @@ class BackendCheck:
     def judge(self, record: RunRecord, only: Iterable[str] | None = None,
               baseline: RunRecord | None = None) -> list[Result]:
         results: list[Result] = []
+        references: dict[int, Any] = {}  # each reference output read once for all its candidates
         for v in selected(record, only):
             case = record.cases.get(v.case)
             if case is None or case.reference is None or not judges(case.kind, v.mode):
@@ -91,5 +92,5 @@ class BackendCheck:
             verdict = compare(dict(expected), dict(v.outputs), tolerance=tolerance_map(v))
             results += judged(self.name, v.case, case, v.id, verdict, expected, v.outputs, baseline=ref_id,
                               candidate=v.id, reproduce=reproduce, environment=record.environment,
-                              oracle=_oracle(record, case, v))
+                              oracle=_oracle(record, case, v), references=references)
         return results

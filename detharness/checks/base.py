@@ -88,13 +88,14 @@ def judged(check: str, case_id: str, case: CaseRecord | None, variant: str, verd
            expected: Mapping[str, Any],
            actual: Mapping[str, Any], *, baseline: str | None, candidate: str | None, reproduce: str | None,
            environment: Mapping[str, Any], env_diff: Mapping[str, Any] | None = None,
-           oracle: Oracle | None = None) -> list[Result]:
+           oracle: Oracle | None = None, references: dict[int, Any] | None = None) -> list[Result]:
     """The results of a verdict between ``expected`` and ``actual``, with what the arrays say
     beyond it (decisions, shift, accuracy: :mod:`detharness.checks.measures`), then the case's
     known divergences applied (a declaration can cover a ``flipped`` result too)."""
     from detharness.checks.measures import annotate
 
-    results = [apply_known(annotate(result, case, expected, actual, oracle=oracle, reproduce=reproduce),
+    results = [apply_known(annotate(result, case, expected, actual, oracle=oracle, reproduce=reproduce,
+                                    references=references),
                            case, environment)
                for result in verdict_results(check, case_id, variant, verdict, baseline=baseline,
                                              candidate=candidate, reproduce=reproduce, env_diff=env_diff)]

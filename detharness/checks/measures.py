@@ -146,8 +146,12 @@ def _accuracy(result: Result, oracle: Oracle, actual: np.ndarray, options: Mappi
 
 def annotate(result: Result, case: CaseRecord | None, expected: Mapping[str, np.ndarray],
              actual: Mapping[str, np.ndarray], *, oracle: Oracle | None = None,
-             reproduce: str | None = None) -> Result:
-    """``result`` with its ``decision``, ``shift`` and ``accuracy`` filled where they apply."""
+             reproduce: str | None = None, references: dict[int, Any] | None = None) -> Result:
+    """``result`` with its ``decision``, ``shift`` and ``accuracy`` filled where they apply.
+
+    ``references``, where given, keeps each reference array's :class:`~detharness.compare.shift.
+    ReferenceSample` (by the array's identity, the array kept with it) across the calls of one
+    check, which holds one reference against every variant of a case."""
     if case is None or result.output is None or result.status not in _MEASURED:
         return result
     e, a = _array(expected, result.output), _array(actual, result.output)
@@ -157,10 +161,16 @@ def annotate(result: Result, case: CaseRecord | None, expected: Mapping[str, np.
     if rule is not None:
         result = _decision(result, rule, e, a, reproduce)
     if SHIFT_TAGS & set(case.tags):
-        from detharness.compare.shift import shift
+        from detharness.compare.shift import ReferenceSample, shift
 
+        reference: Any = e
+        if references is not None:
+            kept = references.get(id(e))
+            if kept is None or kept[0] is not e:
+                kept = references[id(e)] = (e, ReferenceSample(e))
+            reference = kept[1]
         with contextlib.suppress(ValueError, TypeError):  # an output shift cannot read: no shift
-            result = result.replace(shift=shift(e, a))
+            result = result.replace(shift=shift(reference, a))
     if oracle is not None:
         result = _accuracy(result, oracle, a, case.accuracy)
     return result

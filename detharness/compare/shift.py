@@ -36,6 +36,55 @@ def is_categorical(array: Any) -> bool:
     return np.asarray(array).dtype.kind in "biuUS"
 
 
+class ReferenceSample:
+    """A reference output read once for every candidate held against it.
+
+    A check holds one reference against each variant of its case; :func:`shift`, :func:`psi` and
+    :func:`wasserstein_scaled` accept this in place of the reference array and then take its finite
+    values, their sorted order and their standard deviation from here instead of computing them
+    again for each candidate. The figures are bit for bit those the array itself gives (tested).
+    The array must not change while this is in use.
+    """
+
+    def __init__(self, expected: Any) -> None:
+        self.array = np.asarray(expected)
+        self._finite: np.ndarray | None = None
+        self._values: np.ndarray | None = None
+        self._ordered: np.ndarray | None = None
+        self._std: float | None = None
+
+    @property
+    def finite(self) -> np.ndarray:
+        """The flattened values, NaN and infinities dropped from a float array."""
+        if self._finite is None:
+            self._finite = _sample(self.array)
+        return self._finite
+
+    @property
+    def values(self) -> np.ndarray:
+        """The finite values as float64, in the array's order (``ValueError``/``TypeError`` as
+        :func:`psi` raises them)."""
+        if self._values is None:
+            self._values = _numeric(self.array, "expected", sample=self.finite)
+        return self._values
+
+    @property
+    def ordered(self) -> np.ndarray:
+        if self._ordered is None:
+            self._ordered = np.sort(self.values)
+        return self._ordered
+
+    @property
+    def std(self) -> float:
+        if self._std is None:
+            self._std = float(np.std(self.values))
+        return self._std
+
+
+def _reference(expected: Any) -> ReferenceSample:
+    return expected if isinstance(expected, ReferenceSample) else ReferenceSample(expected)
+
+
 def shift(expected: Any, actual: Any) -> dict[str, float | None]:
     """``{"psi", "wasserstein", "jsd"}`` between the reference ``expected`` and ``actual``.
 
@@ -43,18 +92,20 @@ def shift(expected: Any, actual: Any) -> dict[str, float | None]:
     ``jsd`` only; numeric (float formats, bfloat16 included) reports ``psi`` and ``wasserstein``
     only; anything else (complex, objects) reports nothing. A figure is None where it does not
     apply, or where a side has no finite value left after NaN and infinities are dropped.
+    ``expected`` may be a :class:`ReferenceSample`, made once for many candidates.
     """
     result: dict[str, float | None] = {"psi": None, "wasserstein": None, "jsd": None}
-    reference, candidate = np.asarray(expected), np.asarray(actual)
+    ref = _reference(expected)
+    reference, candidate = ref.array, np.asarray(actual)
     if is_categorical(reference):
         if _sample(reference).size and _sample(candidate).size:
             result["jsd"] = jsd_bits(reference, candidate)
         return result
     if not (_is_real(reference) and (_is_real(candidate) or candidate.dtype.kind in "biu")):
         return result
-    if _sample(reference).size and _sample(candidate).size:
-        result["psi"] = psi(reference, candidate)
-        result["wasserstein"] = wasserstein_scaled(reference, candidate)
+    if ref.finite.size and _sample(candidate).size:
+        result["psi"] = psi(ref, candidate)
+        result["wasserstein"] = wasserstein_scaled(ref, candidate)
     return result
 
 
@@ -74,7 +125,7 @@ def psi(expected: Any, actual: Any, bins: int = 10, floor: float = 1e-4) -> floa
         raise ValueError(f"psi needs at least 2 bins, got {bins}")
     if not floor > 0:
         raise ValueError(f"psi needs a floor over 0, got {floor}")
-    reference, candidate = _numeric(expected, "expected"), _numeric(actual, "actual")
+    reference, candidate = _reference(expected).values, _numeric(actual, "actual")
     edges = np.unique(np.quantile(reference, np.arange(1, bins) / bins))
     count = edges.size + 1
     e = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=count) / reference.size
@@ -106,11 +157,12 @@ def wasserstein_scaled(expected: Any, actual: Any) -> float:
     ``inf`` where the reference is constant and the distance is not 0. Both sides need a finite
     value (``ValueError`` otherwise).
     """
-    reference, candidate = _numeric(expected, "expected"), _numeric(actual, "actual")
-    distance = _wasserstein(reference, candidate)
+    ref = _reference(expected)
+    candidate = _numeric(actual, "actual")
+    distance = _wasserstein(ref.values, candidate, u_sorted=ref.ordered if ref.values.size == candidate.size else None)
     if distance == 0:
         return 0.0
-    scale = float(np.std(reference))
+    scale = ref.std
     return distance / scale if scale > 0 else math.inf
 
 
@@ -170,21 +222,22 @@ def _sample(array: np.ndarray) -> np.ndarray:
     return flat
 
 
-def _numeric(value: Any, name: str) -> np.ndarray:
+def _numeric(value: Any, name: str, *, sample: np.ndarray | None = None) -> np.ndarray:
+    """The finite values as float64; ``sample`` is ``_sample(value)`` where the caller has it."""
     array = np.asarray(value)
     if array.dtype.kind not in "biuf" and array.dtype != _BFLOAT16:
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    sample = _sample(array).astype(np.float64)
+    sample = (_sample(array) if sample is None else sample).astype(np.float64)
     if not sample.size:
         raise ValueError(f"{name} has no finite value")
     return sample
 
 
-def _wasserstein(u: np.ndarray, v: np.ndarray) -> float:
+def _wasserstein(u: np.ndarray, v: np.ndarray, *, u_sorted: np.ndarray | None = None) -> float:
     if u.size == v.size:
         # n atoms of weight 1/n on each side: |F_u - F_v| integrates to the mean gap between the
         # i-th smallest values. The same bits whether scipy is installed or not.
-        return float(np.mean(np.abs(np.sort(u) - np.sort(v))))
+        return float(np.mean(np.abs((np.sort(u) if u_sorted is None else u_sorted) - np.sort(v))))
     try:
         from scipy.stats import wasserstein_distance
     except ImportError:

@@ -172,6 +172,27 @@ def test_equal_sizes_take_the_order_statistics_and_agree_with_the_cdf_integral(
     assert _wasserstein(v, u) == fast
 
 
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 500), holes=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_a_reference_sample_gives_the_figures_its_array_gives_bit_for_bit(seed: int, size: int, holes: bool) -> None:
+    """One ReferenceSample held against several candidates (same size, another size, another dtype,
+    with NaN and infinities) gives exactly what the raw reference array gives each time."""
+    from detharness.compare.shift import ReferenceSample
+
+    rng = np.random.default_rng(seed)
+    expected = rng.standard_normal(size)
+    if holes and size > 2:
+        expected[0], expected[-1] = np.nan, np.inf
+    reference = ReferenceSample(expected)
+    candidates = [expected + rng.standard_normal(size) * 1e-3, rng.standard_normal(size + 7) + 0.2,
+                  expected.astype(np.float32), expected.astype(ml_dtypes.bfloat16)]
+    for actual in candidates:
+        assert shift(reference, actual) == shift(expected, actual)
+        if np.isfinite(expected).any():
+            assert psi(reference, actual) == psi(expected, actual)
+            assert wasserstein_scaled(reference, actual) == wasserstein_scaled(expected, actual)
+
+
 @needs_scipy
 def test_an_equal_size_shift_is_the_same_with_and_without_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
     with_scipy = wasserstein_scaled(REFERENCE, SAME_LAW + 0.5)
