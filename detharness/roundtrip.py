@@ -161,14 +161,27 @@ class RoundtripFormat:
 
     def fingerprint(self) -> str:
         """What defines the format, for the case fingerprint: its name and its class's source."""
-        try:
-            source = inspect.getsource(type(self))
-        except (OSError, TypeError):
-            source = f"{type(self).__module__}.{type(self).__qualname__}"
-        return f"{self.backend}:{self.name}:{hashlib.sha256(source.encode()).hexdigest()[:16]}"
+        return f"{self.backend}:{self.name}:{_source_digest(type(self))}"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend}:{self.mode}>"
+
+
+_SOURCE_DIGESTS: dict[Any, str] = {}
+
+
+def _source_digest(cls: type) -> str:
+    """The first 16 hex digits of the sha256 of ``cls``'s source (its qualified name where the
+    source cannot be read). Once per class and process: ``inspect.getsource`` parses the class's
+    whole module to find it, 10 ms a call, and every case with round trips asks for each format."""
+    digest = _SOURCE_DIGESTS.get(cls)
+    if digest is None:
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            source = f"{cls.__module__}.{cls.__qualname__}"
+        digest = _SOURCE_DIGESTS[cls] = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return digest
 
 
 # -- torch ------------------------------------------------------------------------------------
