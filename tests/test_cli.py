@@ -94,12 +94,13 @@ def test_report_renders_stored_bundles_as_run_and_compare_did(small_cases: Path,
 
 def test_worker_crash_hang_and_exception_cost_one_variant_each(tmp_path: Path) -> None:
     cases = write_cases(tmp_path / "bad", CRASHING_CASES)
-    run = run_cli("run", "--cases", str(cases), "--timeout", "3", "--device", "cpu", "--format", "json")
+    # The timeout counts a variant's own call, not the worker's start: 1 s is ample for the others.
+    run = run_cli("run", "--cases", str(cases), "--timeout", "1", "--device", "cpu", "--format", "json")
     assert run.returncode == 1
     results = {r["variant"]: r for r in json.loads(run.stdout)["results"]}
     assert results["bad/crash[segfault:cpu:float32:eager]"]["status"] == "error"
     assert results["bad/crash[segfault:cpu:float32:eager]"]["message"] == "worker crashed: killed by SIGSEGV"
-    assert results["bad/crash[hang:cpu:float32:eager]"]["message"] == "timed out after 3 s"
+    assert results["bad/crash[hang:cpu:float32:eager]"]["message"] == "timed out after 1 s"
     assert results["bad/crash[raises:cpu:float32:eager]"]["message"] == "ValueError: bad shape in the serving code"
     assert results["bad/crash[after:cpu:float32:eager]"]["status"] == "identical"
     assert results["bad/crash[raises:cpu:float32:eager]"]["reproduce"].startswith("detharness run --cases ")
@@ -338,7 +339,12 @@ NUMPY_CASES = """
 
     @c.impl("ref", backend="numpy", reference=True)
     def _(x):
-        time.sleep(float(os.environ.get("DH_TEST_SLEEP", "0")))
+        # DH_TEST_HOLD names a file: the variant waits (60 s at most) until it exists, holding
+        # the run, and with it the bundle's lock, for as long as the test needs.
+        hold = os.environ.get("DH_TEST_HOLD")
+        deadline = time.monotonic() + 60
+        while hold and not os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return {"y": x * 2}
 
     @c.impl("other", backend="numpy")
@@ -358,7 +364,8 @@ def test_a_second_writer_of_the_same_out_is_refused_naming_the_holder(tmp_path: 
 
     cases = write_cases(tmp_path / "np", NUMPY_CASES)
     out = tmp_path / "same"
-    env = {**os.environ, "DH_TEST_SLEEP": "4"}
+    release = tmp_path / "release"
+    env = {**os.environ, "DH_TEST_HOLD": str(release)}
     env.pop("CI", None)
     first = subprocess.Popen([sys.executable, "-m", "detharness", "run", "--cases", str(cases), "--out", str(out)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -373,6 +380,7 @@ def test_a_second_writer_of_the_same_out_is_refused_naming_the_holder(tmp_path: 
         assert f"pid {first.pid} on {socket.gethostname()}" in second.stderr
         assert "another detharness run is writing" in second.stderr
     finally:
+        release.touch()
         stdout, stderr = first.communicate(timeout=120)
     assert first.returncode == 0, stdout + stderr
     assert len(_variants_of(out)) == 2  # the first run's bundle, whole
