@@ -65,8 +65,14 @@ class BackendCheck:
     def judge(self, record: RunRecord, only: Iterable[str] | None = None,
               baseline: RunRecord | None = None) -> list[Result]:
         results: list[Result] = []
-        references: dict[int, Any] = {}  # each reference output read once for all its candidates
+        # Each reference output read once for all its candidates (a case's variants come one after
+        # another), and let go when the next case starts: memory stays one case's worth.
+        references: dict[int, Any] = {}
+        current = None
         for v in selected(record, only):
+            if v.case != current:
+                references.clear()
+                current = v.case
             case = record.cases.get(v.case)
             if case is None or case.reference is None or not judges(case.kind, v.mode):
                 continue
