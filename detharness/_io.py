@@ -95,12 +95,13 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, sync_folder: bool = True) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
 
     A temp file in the same folder (a rename is atomic only within one file system), written,
     flushed and fsynced, then renamed over ``path``, then the folder fsynced so the rename survives
-    a crash. The folder must exist.
+    a crash. The folder must exist. ``sync_folder=False`` leaves the folder's fsync to the caller,
+    who writes many files into one folder and syncs it once before anything refers to them.
     """
     target = Path(path)
     temp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
@@ -116,7 +117,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    fsync_dir(target.parent)
+    if sync_folder:
+        fsync_dir(target.parent)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -229,14 +229,25 @@ class BundleWriter:
         _make_dir(self.path)
         _make_dir(self.path / ARRAYS_DIR)
         _make_dir(self.path / PARTS_DIR)
+        self._arrays_unsynced = False
 
     def put_array(self, array: Any) -> dict[str, Any]:
-        """Store ``array`` (once: equal bytes are not written again) and return its array ref."""
+        """Store ``array`` (once: equal bytes are not written again) and return its array ref.
+
+        Each file is fsynced; the arrays folder is fsynced once, before the first part or manifest
+        written after it can refer to the file (a folder fsync per array was half of writing a
+        bundle of many small arrays)."""
         ref, data = encode_array(array)
         target = self.path / ref["file"]
         if not _is_file_of_size(target, len(data)):
-            atomic_write_bytes(target, data)
+            atomic_write_bytes(target, data, sync_folder=False)
+            self._arrays_unsynced = True
         return ref
+
+    def _sync_arrays(self) -> None:
+        if self._arrays_unsynced:
+            fsync_dir(self.path / ARRAYS_DIR)
+            self._arrays_unsynced = False
 
     def write_part(self, name: str | None, data: Mapping[str, Any]) -> Path:
         """Write ``parts/<name>.json`` atomically (``name=None``: this writer's ``part_name``)."""
@@ -248,6 +259,7 @@ class BundleWriter:
         if not isinstance(data, Mapping):
             raise TypeError(f"a part is a JSON object, got {type(data).__name__}")
         target = self.path / PARTS_DIR / f"{name}.json"
+        self._sync_arrays()
         atomic_write_text(target, json_dumps(data))
         return target
 
@@ -289,6 +301,7 @@ class BundleWriter:
             stored = _check_ref(self.path, real_root, location, ref)
             _check_size(self.path, location, stored)
         target = self.path / MANIFEST_NAME
+        self._sync_arrays()
         atomic_write_text(target, text)
         return target
 

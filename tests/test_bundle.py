@@ -865,3 +865,30 @@ def test_array_file_that_grew_after_open_is_refused_without_reading_it_all(bundl
         handle.write(b"\0" * (1 << 20))
     with pytest.raises(BundleError, match="is too long: expected 32 bytes"):
         bundle.array(ref)
+
+
+def test_the_arrays_folder_is_synced_once_before_a_manifest_or_part_refers_to_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each array file is fsynced as it is written; the arrays folder once, and before the first
+    manifest or part that names the files, never after it."""
+    import detharness._io as io_module
+
+    events: list[str] = []
+    real_sync, real_write = bundle_module.fsync_dir, io_module.atomic_write_bytes
+    monkeypatch.setattr(bundle_module, "fsync_dir", lambda folder: (events.append(f"sync {folder.name}"),
+                                                                    real_sync(folder))[1])
+    monkeypatch.setattr(io_module, "atomic_write_bytes",
+                        lambda path, data, **kw: (events.append(f"write {Path(path).name}"),
+                                                  real_write(path, data, **kw))[1])
+    writer = BundleWriter(tmp_path / "b")
+    events.clear()
+    refs = [writer.put_array(np.arange(n, dtype=np.float32)) for n in (3, 4, 5)]
+    assert events == [] and all((tmp_path / "b" / ref["file"]).exists() for ref in refs)
+    writer.write_manifest({"arrays": refs})
+    assert events == ["sync arrays", "write manifest.json"]
+    events.clear()
+    writer.put_array(np.arange(6, dtype=np.float32))
+    writer.write_part("p1", {"x": 1})
+    writer.write_part("p2", {"x": 2})
+    assert events == ["sync arrays", "write p1.json", "write p2.json"]
+    assert Bundle.open(tmp_path / "b").manifest["arrays"] == refs
