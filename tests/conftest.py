@@ -40,6 +40,13 @@ os.environ["DETHARNESS_CACHE_DIR"] = _CACHE
 # changes, and detharness leaves it out of the environment (environment.NOT_NUMERICS_VARIABLES).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+# The CI scripts the tests run (ci/compare.sh, ci/run-job.sh...) call `detharness` by name, as a job
+# does; it is installed beside the interpreter running the tests, which may not be on PATH when the
+# suite is started as .venv/bin/python -m pytest without activating the environment.
+_BIN = os.path.dirname(sys.executable)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
+
 SMALL_CASES = """
     import os
     import time
