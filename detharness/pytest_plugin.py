@@ -210,6 +210,46 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """A case file named on the command line is collected by :func:`pytest_collect_file` alone.
+
+    pytest's Python collector makes a module of any ``.py`` file named on the command line,
+    whatever its name, and imports it: the case file's code would run a second time in the test
+    process, and its cases would go into :data:`detharness.cases.default_registry`, outside any
+    session (a second ``pytest.main`` in the process then found every case defined twice). Such a
+    module is replaced by one that imports nothing, for a file that defined cases (or failed to
+    import as a case file) and that pytest would not collect as a test module by its name
+    (``python_files``): a ``test_*.py`` under the case paths keeps its tests.
+    """
+    session = parent.config.stash.get(_SESSION, None)
+    if session is None or not session.may_hold_cases(module_path):
+        return None
+    if _is_test_module_name(module_path, parent.config.getini("python_files")):
+        return None
+    session.load()
+    key = module_path.resolve()
+    if key not in session.owned and key not in session.errors:
+        return None
+    return _NoTests.from_parent(parent, path=module_path)
+
+
+def _is_test_module_name(path: Path, patterns: Iterable[str]) -> bool:
+    """Whether pytest collects ``path`` as a test module by name (the ``python_files`` patterns:
+    a bare pattern matches the file name, one with a folder part the whole path)."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(str(path) if "/" in pattern else path.name, pattern if "/" not in pattern
+                               else f"*{pattern}") for pattern in patterns)
+
+
+class _NoTests(pytest.Module):
+    """Stands where pytest's Python collector would import a case file as a test module."""
+
+    def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
+        return []
+
+
 class CaseFile(pytest.File):
     """A case file (or an ONNX test folder's ``model.onnx``): the items of the cases it defines."""
 

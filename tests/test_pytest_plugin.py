@@ -163,7 +163,12 @@ def _cases(pytester: pytest.Pytester, text: str, name: str = "cases.py", folder:
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*PYTEST_OPTIONS, *args)
+    """pytest over the case files: in this process (pytester restores the modules it imports), or
+    in a fresh one for xdist runs. In-process runs also show that a session leaves nothing behind
+    that the next session in the same process trips on."""
+    if "-n" in args:
+        return pytester.runpytest_subprocess(*PYTEST_OPTIONS, *args)
+    return pytester.runpytest_inprocess(*PYTEST_OPTIONS, *args)
 
 
 def _glob(text: str) -> str:
@@ -213,6 +218,24 @@ def test_a_test_file_named_alone_collects_no_case_and_imports_none(pytester: pyt
     everything = _run(pytester, "--collect-only", "-q")
     assert _collected(everything) == [*NUMPY_IDS, "test_plain.py::test_one"]
     assert (folder.parent / "imported.txt").exists()
+
+
+def test_a_case_file_named_on_the_command_line_is_imported_once(pytester: pytest.Pytester) -> None:
+    """pytest's Python collector imports any .py file named on the command line; a case file is
+    the plugin's alone: its code runs once, and its cases go into no registry outside the session."""
+    from detharness import cases
+
+    folder = _cases(pytester, textwrap.dedent(NUMPY_CASES) + "\nwith open('imports.txt', 'a') as f:\n    f.write('x')\n")
+    before = len(cases.default_registry)
+    for _ in range(2):  # two sessions in one process
+        result = _run(pytester, "--dh-cases", "my_cases", "my_cases/cases.py", "-m", "cpu", "--dh-in-process")
+        result.assert_outcomes(passed=1)
+    assert (folder.parent / "imports.txt").read_text() == "xx"
+    assert len(cases.default_registry) == before
+    # A file pytest collects by its name keeps its tests, under the case paths too.
+    (folder / "test_mixed.py").write_text("def test_plain():\n    assert True\n")
+    mixed = _run(pytester, "--dh-cases", "my_cases", "my_cases/test_mixed.py", "-m", "not cuda", "--dh-in-process")
+    mixed.assert_outcomes(passed=1)
 
 
 def test_failures_show_status_message_the_case_files_line_and_how_to_rerun(pytester: pytest.Pytester) -> None:
