@@ -204,10 +204,22 @@ def capture(
     variant recorded, by name), or where that is None with a run of ``model`` itself through
     ``make_session``; a difference is noted (the layers are then approximate) and sets
     ``outputs_match`` False. With ``make_session_with_optimized_path`` (see
-    :func:`fusion_changed`) the optimized graphs are compared as well and a change is noted.
+    :func:`fusion_changed`) the optimized graphs are compared as well and a change is noted; the
+    sessions that run are then the ones that saved those graphs, so two sessions are made, not four.
     """
     exposed, _ = expose(model)
-    session = make_session(exposed.SerializeToString())
+    exposed_bytes = exposed.SerializeToString()
+    changed: bool | None = None
+    fusion_note = ""
+    model_session: Any = None
+    if make_session_with_optimized_path is None:
+        session = make_session(exposed_bytes)
+    else:
+        with tempfile.TemporaryDirectory(prefix="detharness-onnx-") as folder:
+            model_path, exposed_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "exposed.onnx")
+            model_session = make_session_with_optimized_path(model.SerializeToString(), model_path)
+            session = make_session_with_optimized_path(exposed_bytes, exposed_path)
+            changed, fusion_note = _fusion_note(_saved_ops(model_path), _saved_ops(exposed_path))
     values = _run(session, feeds)
     own = [info.name for info in model.graph.output]
     order = node_outputs(model)
@@ -218,18 +230,16 @@ def capture(
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         notes.append(f"{len(skipped)} node outputs are not tensors and were not captured ({shown})")
     if reference is None:
-        reference = _run(make_session(model.SerializeToString()), feeds)
+        reference = _run(model_session if model_session is not None else make_session(model.SerializeToString()),
+                         feeds)
     differing = [name for name in own if name in reference and not bitwise_equal(values[name], reference[name])]
     if differing:
         notes.append(
             f"with every node output exposed the model's output {', '.join(differing)} is not bitwise the "
             "output of the model itself: its layers are approximate"
         )
-    changed: bool | None = None
-    if make_session_with_optimized_path is not None:
-        changed, note = fusion_changed(model, make_session_with_optimized_path, exposed=exposed)
-        if changed:
-            notes.append(note)
+    if changed:
+        notes.append(fusion_note)
     return Captured(layers=layers, notes=notes, fusion_changed=changed, outputs_match=not differing)
 
 
@@ -240,13 +250,10 @@ def _op_label(domain: str, op_type: str) -> str:
     return f"{domain.rsplit('.', 1)[-1]}.{op_type}"
 
 
-def _optimized_ops(
-    data: bytes, make_session: Callable[[bytes, str | None], Any], folder: str, name: str
-) -> Counter[str]:
+def _saved_ops(path: str) -> Counter[str]:
+    """The op types of the optimized graph a session saved at ``path`` (``Identity`` left out)."""
     import onnx
 
-    path = os.path.join(folder, name)
-    make_session(data, path)
     # Only the op types are read: whatever initializers the optimizer wrote stay unread.
     optimized = onnx.load(path, load_external_data=False)
     return Counter(_op_label(node.domain, node.op_type) for node in optimized.graph.node if node.op_type != "Identity")
@@ -275,8 +282,14 @@ def fusion_changed(
     if exposed is None:
         exposed, _ = expose(model)
     with tempfile.TemporaryDirectory(prefix="detharness-onnx-") as folder:
-        before = _optimized_ops(model.SerializeToString(), make_session, folder, "model.onnx")
-        after = _optimized_ops(exposed.SerializeToString(), make_session, folder, "exposed.onnx")
+        model_path, exposed_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "exposed.onnx")
+        make_session(model.SerializeToString(), model_path)
+        make_session(exposed.SerializeToString(), exposed_path)
+        return _fusion_note(_saved_ops(model_path), _saved_ops(exposed_path))
+
+
+def _fusion_note(before: Counter[str], after: Counter[str]) -> tuple[bool, str]:
+    """Whether the optimized graph's op types changed from ``before`` to ``after``, and the note."""
     if before == after:
         return False, "exposing every node output left ONNX Runtime's optimized graph unchanged (same op types)"
     # Ops that disappeared first (the fused ones), then those that appeared; each in name order.

@@ -221,6 +221,30 @@ def test_capture_reports_a_blocked_fusion() -> None:
     assert got.outputs_match is not any("approximate" in note for note in got.notes)
 
 
+@pytest.mark.parametrize("reference", [False, True])
+def test_a_capture_that_compares_fusions_makes_two_sessions_and_the_same_layers(reference: bool) -> None:
+    """The sessions that save the optimized graphs are the ones that run: two sessions, not four,
+    and the layers, notes and output check of a capture without the fusion comparison."""
+    model = conv_relu()
+    x = np.random.default_rng(3).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    make = factory("ORT_ENABLE_EXTENDED")
+    made: list[str | None] = []
+
+    def counting(data: bytes, path: str | None) -> Any:
+        made.append(path)
+        return make(data, path)
+
+    given = {"y": run_session(make(model.SerializeToString()), [x])[0]} if reference else None
+    plain = capture(model, {"x": x}, make_session=make, reference=given)
+    got = capture(model, {"x": x}, make_session=lambda data: counting(data, None),
+                  make_session_with_optimized_path=counting, reference=given)
+    assert len(made) == 2 and all(path is not None for path in made)
+    assert [name for name, _ in got.layers] == [name for name, _ in plain.layers]
+    assert all(a.tobytes() == b.tobytes() for (_, a), (_, b) in zip(got.layers, plain.layers, strict=True))
+    assert got.outputs_match is plain.outputs_match is True
+    assert got.fusion_changed is True and got.notes == [*plain.notes, fusion_changed(model, make)[1]]
+
+
 def test_module_imports_without_onnx_onnxruntime_or_torch(in_subprocess: Callable[..., Any]) -> None:
     result = in_subprocess(
         """
