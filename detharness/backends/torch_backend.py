@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -478,6 +479,9 @@ def _plain_attributes(module: Any) -> dict[str, Any]:
 #: The dynamo exporter's op registries this process built, by what they were built from
 #: (:func:`reused_onnx_registry`).
 _ONNX_REGISTRIES: dict[Any, Any] = {}
+#: Held for the block: the patch is one class attribute, and two threads exporting at once must not
+#: leave each other's wrapper in place (torch's exporter is not thread-safe either).
+_REGISTRY_LOCK = threading.RLock()
 
 
 @contextlib.contextmanager
@@ -501,7 +505,8 @@ def reused_onnx_registry(torch: Any) -> Iterator[None]:
         yield
         return
     cls: Any = getattr(_registration, "ONNXRegistry", None)
-    original = vars(cls).get("from_torchlib") if isinstance(cls, type) else None
+    with _REGISTRY_LOCK:  # read while no other export has its wrapper in place
+        original = vars(cls).get("from_torchlib") if isinstance(cls, type) else None
     if not isinstance(original, classmethod):
         yield
         return
@@ -520,11 +525,12 @@ def reused_onnx_registry(torch: Any) -> Iterator[None]:
             registry = _ONNX_REGISTRIES[key] = build(registry_cls, *args, **kwargs)
         return registry
 
-    cls.from_torchlib = classmethod(from_torchlib)
-    try:
-        yield
-    finally:
-        cls.from_torchlib = original
+    with _REGISTRY_LOCK:
+        cls.from_torchlib = classmethod(from_torchlib)
+        try:
+            yield
+        finally:
+            cls.from_torchlib = original
 
 
 @contextlib.contextmanager

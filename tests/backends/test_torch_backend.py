@@ -280,6 +280,9 @@ def test_export_onnx_pins_the_opset_and_restores_the_loggers(backend: TorchBacke
         backend.export_onnx(module, (x,), "tflite")
 
 
+# The threaded part: warning filters are one per process, so two threads' quiet_export blocks can
+# let a torch FutureWarning through while the other restores them.
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_a_reused_onnx_registry_gives_the_bytes_a_fresh_one_gives(backend: TorchBackend) -> None:
     """The dynamo exporter's op registry is built once per process and opset, not once per export:
     the exported bytes equal those of a plain ``torch.onnx.export`` (which builds its own), for a
@@ -313,6 +316,16 @@ def test_a_reused_onnx_registry_gives_the_bytes_a_fresh_one_gives(backend: Torch
         assert _registration.ONNXRegistry.from_torchlib(opset_version=20) is not first
     assert vars(_registration.ONNXRegistry)["from_torchlib"] is original
     assert _registration.ONNXRegistry.from_torchlib(opset_version=18) is not first
+    # Exports from two threads at once leave torch's own builder in place.
+    import threading
+
+    module, inputs = models[0]
+    threads = [threading.Thread(target=backend.export_onnx, args=(module, inputs, "dynamo")) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert vars(_registration.ONNXRegistry)["from_torchlib"] is original
 
 
 def test_fingerprint_records_the_onnx_stack_its_onnx_modes_load_without_importing_it(backend: TorchBackend) -> None:
