@@ -166,7 +166,7 @@ def annotate(result: Result, case: CaseRecord | None, expected: Mapping[str, np.
         reference: Any = e
         if references is not None:
             kept = references.get(id(e))
-            if kept is None or kept[0] is not e:
+            if kept is None:  # the array is kept with its sample: its id cannot be another's meanwhile
                 kept = references[id(e)] = (e, ReferenceSample(e))
             reference = kept[1]
         with contextlib.suppress(ValueError, TypeError):  # an output shift cannot read: no shift

@@ -16,6 +16,7 @@ sizes may differ, and NaN and infinite values are dropped from float arrays.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -49,37 +50,25 @@ class ReferenceSample:
 
     def __init__(self, expected: Any) -> None:
         self.array = np.asarray(expected)
-        self._finite: np.ndarray | None = None
-        self._values: np.ndarray | None = None
-        self._ordered: np.ndarray | None = None
-        self._std: float | None = None
 
-    @property
+    @functools.cached_property
     def finite(self) -> np.ndarray:
         """The flattened values, NaN and infinities dropped from a float array."""
-        if self._finite is None:
-            self._finite = _sample(self.array)
-        return self._finite
+        return _sample(self.array)
 
-    @property
+    @functools.cached_property
     def values(self) -> np.ndarray:
         """The finite values as float64, in the array's order (``ValueError``/``TypeError`` as
         :func:`psi` raises them)."""
-        if self._values is None:
-            self._values = _numeric(self.array, "expected", sample=self.finite)
-        return self._values
+        return _numeric(self.array, "expected", sample=self.finite)
 
-    @property
+    @functools.cached_property
     def ordered(self) -> np.ndarray:
-        if self._ordered is None:
-            self._ordered = np.sort(self.values)
-        return self._ordered
+        return np.sort(self.values)
 
-    @property
+    @functools.cached_property
     def std(self) -> float:
-        if self._std is None:
-            self._std = float(np.std(self.values))
-        return self._std
+        return float(np.std(self.values))
 
 
 def _reference(expected: Any) -> ReferenceSample:
@@ -158,12 +147,10 @@ def wasserstein_scaled(expected: Any, actual: Any) -> float:
     value (``ValueError`` otherwise).
     """
     ref = _reference(expected)
-    candidate = _numeric(actual, "actual")
-    distance = _wasserstein(ref.values, candidate, u_sorted=ref.ordered if ref.values.size == candidate.size else None)
+    distance = _wasserstein(ref, _numeric(actual, "actual"))
     if distance == 0:
         return 0.0
-    scale = ref.std
-    return distance / scale if scale > 0 else math.inf
+    return distance / ref.std if ref.std > 0 else math.inf
 
 
 def jsd_bits(expected: Any, actual: Any) -> float:
@@ -227,12 +214,15 @@ def _numeric(value: Any, name: str, *, sample: np.ndarray | None = None) -> np.n
     return sample
 
 
-def _wasserstein(u: np.ndarray, v: np.ndarray, *, u_sorted: np.ndarray | None = None) -> float:
-    if u.size == v.size:
+def _wasserstein(u: Any, v: np.ndarray) -> float:
+    """The distance between the finite values of ``u`` (an array or a :class:`ReferenceSample`)
+    and the float64 sample ``v``."""
+    ref = _reference(u)
+    if ref.values.size == v.size:
         # n atoms of weight 1/n on each side: |F_u - F_v| integrates to the mean gap between the
         # i-th smallest values.
-        return float(np.mean(np.abs((np.sort(u) if u_sorted is None else u_sorted) - np.sort(v))))
-    return _wasserstein_numpy(u, v)
+        return float(np.mean(np.abs(ref.ordered - np.sort(v))))
+    return _wasserstein_numpy(ref.values, v)
 
 
 def _wasserstein_numpy(u: np.ndarray, v: np.ndarray) -> float:
