@@ -208,18 +208,14 @@ def capture(
     sessions that run are then the ones that saved those graphs, so two sessions are made, not four.
     """
     exposed, _ = expose(model)
-    exposed_bytes = exposed.SerializeToString()
     changed: bool | None = None
     fusion_note = ""
     model_session: Any = None
     if make_session_with_optimized_path is None:
-        session = make_session(exposed_bytes)
+        session = make_session(exposed.SerializeToString())
     else:
-        with tempfile.TemporaryDirectory(prefix="detharness-onnx-") as folder:
-            model_path, exposed_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "exposed.onnx")
-            model_session = make_session_with_optimized_path(model.SerializeToString(), model_path)
-            session = make_session_with_optimized_path(exposed_bytes, exposed_path)
-            changed, fusion_note = _fusion_note(_saved_ops(model_path), _saved_ops(exposed_path))
+        model_session, session, changed, fusion_note = _sessions_saving_graphs(model, exposed,
+                                                                               make_session_with_optimized_path)
     values = _run(session, feeds)
     own = [info.name for info in model.graph.output]
     order = node_outputs(model)
@@ -259,12 +255,7 @@ def _saved_ops(path: str) -> Counter[str]:
     return Counter(_op_label(node.domain, node.op_type) for node in optimized.graph.node if node.op_type != "Identity")
 
 
-def fusion_changed(
-    model: Any,
-    make_session: Callable[[bytes, str | None], Any],
-    *,
-    exposed: Any = None,
-) -> tuple[bool, str]:
+def fusion_changed(model: Any, make_session: Callable[[bytes, str | None], Any]) -> tuple[bool, str]:
     """Whether exposing every node output changed what ONNX Runtime's optimizer produced, and a note.
 
     ``make_session(model_bytes, optimized_path)`` must make a session the way the backend does
@@ -272,20 +263,26 @@ def fusion_changed(
     ``optimized_path`` where that is not None: ONNX Runtime then saves the graph as optimized.
     Both graphs are saved into a temporary folder, and the multisets of their nodes' op types
     (``Identity`` left out; ops outside the default and ``com.microsoft`` domains labelled with
-    their domain's last part, as ``nchwc.Conv``) are compared. ``exposed`` is the
-    :func:`expose`-d model when the caller already has it.
+    their domain's last part, as ``nchwc.Conv``) are compared.
 
     The note names what changed, e.g. "exposing every node output changed ONNX Runtime's
     optimized graph (FusedConv: 1 -> 0, Conv: 0 -> 1, Relu: 0 -> 1): fusions of the real run
     were blocked, so the captured layers come from a differently optimized graph".
     """
-    if exposed is None:
-        exposed, _ = expose(model)
+    return _sessions_saving_graphs(model, expose(model)[0], make_session)[2:]
+
+
+def _sessions_saving_graphs(
+    model: Any, exposed: Any, make_session: Callable[[bytes, str | None], Any]
+) -> tuple[Any, Any, bool, str]:
+    """Sessions of ``model`` and of its exposed copy that save their optimized graphs as they are
+    made, and what :func:`fusion_changed` says of the two graphs."""
     with tempfile.TemporaryDirectory(prefix="detharness-onnx-") as folder:
         model_path, exposed_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "exposed.onnx")
-        make_session(model.SerializeToString(), model_path)
-        make_session(exposed.SerializeToString(), exposed_path)
-        return _fusion_note(_saved_ops(model_path), _saved_ops(exposed_path))
+        model_session = make_session(model.SerializeToString(), model_path)
+        exposed_session = make_session(exposed.SerializeToString(), exposed_path)
+        changed, note = _fusion_note(_saved_ops(model_path), _saved_ops(exposed_path))
+    return model_session, exposed_session, changed, note
 
 
 def _fusion_note(before: Counter[str], after: Counter[str]) -> tuple[bool, str]:
