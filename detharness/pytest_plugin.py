@@ -201,13 +201,9 @@ def _shown(path: Path) -> str:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     session = parent.config.stash.get(_SESSION, None)
-    if session is None or not session.may_hold_cases(file_path):
+    if session is None or not session.holds_cases(file_path):
         return None
-    key = file_path.resolve()
-    session.load()
-    if key in session.errors or key in session.owned:
-        return CaseFile.from_parent(parent, path=file_path)
-    return None
+    return CaseFile.from_parent(parent, path=file_path)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -223,24 +219,25 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
     (``python_files``): a ``test_*.py`` under the case paths keeps its tests.
     """
     session = parent.config.stash.get(_SESSION, None)
-    if session is None or not session.may_hold_cases(module_path):
+    if session is None or _is_test_module_name(module_path, parent.config.getini("python_files")):
         return None
-    if _is_test_module_name(module_path, parent.config.getini("python_files")):
-        return None
-    session.load()
-    key = module_path.resolve()
-    if key not in session.owned and key not in session.errors:
+    if not session.holds_cases(module_path):
         return None
     return _NoTests.from_parent(parent, path=module_path)
 
 
 def _is_test_module_name(path: Path, patterns: Iterable[str]) -> bool:
     """Whether pytest collects ``path`` as a test module by name (the ``python_files`` patterns:
-    a bare pattern matches the file name, one with a folder part the whole path)."""
+    a bare pattern matches the file name, one with a folder part the end of the whole path)."""
     import fnmatch
 
-    return any(fnmatch.fnmatch(str(path) if "/" in pattern else path.name, pattern if "/" not in pattern
-                               else f"*{pattern}") for pattern in patterns)
+    for pattern in patterns:
+        if "/" in pattern:
+            if fnmatch.fnmatch(str(path), f"*{pattern}"):
+                return True
+        elif fnmatch.fnmatch(path.name, pattern):
+            return True
+    return False
 
 
 class _NoTests(pytest.Module):
@@ -398,6 +395,15 @@ class _Session:
         return any(_is_under(resolved, root)
                    and not any(part.startswith((".", "_")) for part in resolved.relative_to(root).parts)
                    for root in self.roots)
+
+    def holds_cases(self, path: Path) -> bool:
+        """Whether ``path`` is a case file of this session: one that defined cases, or that failed
+        to import as one (its collection error is then its own). Loads the case files once."""
+        if not self.may_hold_cases(path):
+            return False
+        self.load()
+        key = path.resolve()
+        return key in self.owned or key in self.errors
 
     def load(self) -> Registry:
         """Import every case file under the case paths into one registry, once.
