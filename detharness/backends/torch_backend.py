@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -375,7 +376,6 @@ class TorchBackend(Backend):
         import hashlib
         import inspect
         import platform
-        import sys
 
         from detharness import __version__, cache
 
@@ -505,27 +505,24 @@ def reused_onnx_registry(torch: Any) -> Iterator[None]:
         yield
         return
     cls: Any = getattr(_registration, "ONNXRegistry", None)
-    with _REGISTRY_LOCK:  # read while no other export has its wrapper in place
+    with _REGISTRY_LOCK:  # held for the block: no other export's wrapper is in place meanwhile
         original = vars(cls).get("from_torchlib") if isinstance(cls, type) else None
-    if not isinstance(original, classmethod):
-        yield
-        return
-    build = original.__func__
+        if not isinstance(original, classmethod):
+            yield
+            return
+        build = original.__func__
 
-    def from_torchlib(registry_cls: Any, *args: Any, **kwargs: Any) -> Any:
-        import sys
+        def from_torchlib(registry_cls: Any, *args: Any, **kwargs: Any) -> Any:
+            key = (registry_cls, args, tuple(sorted(kwargs.items())),
+                   frozenset(getattr(torch.ops, "loaded_libraries", ())), "torchvision" in sys.modules)
+            try:
+                registry = _ONNX_REGISTRIES.get(key)
+            except TypeError:  # an argument that cannot be a key: build as torch does
+                return build(registry_cls, *args, **kwargs)
+            if registry is None:
+                registry = _ONNX_REGISTRIES[key] = build(registry_cls, *args, **kwargs)
+            return registry
 
-        key = (registry_cls, args, tuple(sorted(kwargs.items())),
-               frozenset(getattr(torch.ops, "loaded_libraries", ())), "torchvision" in sys.modules)
-        try:
-            registry = _ONNX_REGISTRIES.get(key)
-        except TypeError:  # an argument that cannot be a key: build as torch does
-            return build(registry_cls, *args, **kwargs)
-        if registry is None:
-            registry = _ONNX_REGISTRIES[key] = build(registry_cls, *args, **kwargs)
-        return registry
-
-    with _REGISTRY_LOCK:
         cls.from_torchlib = classmethod(from_torchlib)
         try:
             yield
