@@ -40,6 +40,7 @@ DEFAULT_MAX_BYTES = 2 * 1024**3
 _MAGIC = b"DHCACHE1"
 _HEADER = len(_MAGIC) + 64 + 32  # magic, the key (hex), the content's sha256 (raw)
 _KINDS_FOLDER = "exports"
+_JAX_FOLDER = "jax"  # jax's own cache, one subfolder per architecture (jax_folder)
 
 # None: follow DETHARNESS_NO_CACHE; True/False: set for this process by enabled_as().
 _override: bool | None = None
@@ -59,7 +60,7 @@ def jax_folder() -> Path:
     aarch64 profile and the x86 host never share compiled programs (jax's key may not say which)."""
     import platform
 
-    return folder() / "jax" / (platform.machine().lower() or "unknown")
+    return folder() / _JAX_FOLDER / (platform.machine().lower() or "unknown")
 
 
 def enabled() -> bool:
@@ -186,18 +187,19 @@ def info() -> dict[str, Any]:
         counts = kinds.setdefault(path.parent.name, {"entries": 0, "bytes": 0})
         counts["entries"] += 1
         counts["bytes"] += size
-    jax_files, jax_bytes = _folder_bytes(folder() / "jax")
+    jax_root = folder() / _JAX_FOLDER
+    jax_files, jax_bytes = _folder_bytes(jax_root)
     return {"folder": str(folder()), "enabled": enabled(),
             "entries": sum(k["entries"] for k in kinds.values()), "bytes": sum(k["bytes"] for k in kinds.values()),
             "max_bytes": max_bytes(), "kinds": dict(sorted(kinds.items())),
-            "jax": {"folder": str(folder() / "jax"), "files": jax_files, "bytes": jax_bytes}}
+            "jax": {"folder": str(jax_root), "files": jax_files, "bytes": jax_bytes}}
 
 
 def clear() -> dict[str, Any]:
     """Remove every entry and jax's compiles (the matrix's version overlays are left alone);
     returns :func:`info` as it was before."""
     before = info()
-    for path in (folder() / _KINDS_FOLDER, folder() / "jax"):
+    for path in (folder() / _KINDS_FOLDER, folder() / _JAX_FOLDER):
         shutil.rmtree(path, ignore_errors=True)
     return before
 
