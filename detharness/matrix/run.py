@@ -65,6 +65,13 @@ class ProfileOutcome:
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "record"}
 
+    def bundle_record(self) -> RunRecord:
+        """The profile's bundle: as read back after its run, else read now (an outcome built from JSON)."""
+        from detharness import record as record_mod
+
+        assert self.bundle is not None
+        return self.record if self.record is not None else record_mod.load(self.bundle)
+
 
 #: The statuses of a profile whose run wrote a readable bundle.
 RAN_STATUSES: tuple[str, ...] = ("ok", "errors")
@@ -316,12 +323,9 @@ def _tagged(progress: Callable[[str], None], tag: str, line: str) -> None:
 
 def array_source(outcomes: Sequence[ProfileOutcome]) -> Any:
     """Where the HTML report finds the arrays of the matrix's results: each profile's bundle, by name."""
-    from detharness import record as record_mod
     from detharness.report import ArraySource
 
-    records = {o.name: o.record if o.record is not None else record_mod.load(o.bundle)
-               for o in outcomes if o.ran and o.bundle}
-    return ArraySource(records)
+    return ArraySource({o.name: o.bundle_record() for o in outcomes if o.ran and o.bundle})
 
 
 def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
@@ -335,7 +339,6 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
     ``matrix`` error itself.
     """
     from detharness import attribution, checks
-    from detharness import record as record_mod
     from detharness import report as report_mod
     from detharness.results import Result
 
@@ -345,7 +348,7 @@ def matrix_report(spec: MatrixSpec, outcomes: Sequence[ProfileOutcome], *,
                              "bundles": [o.bundle for o in ran]}
     environments: dict[str, Any] = {}
     if ran:
-        records = [o.record if o.record is not None else record_mod.load(o.bundle) for o in ran if o.bundle]
+        records = [o.bundle_record() for o in ran]
         environments = {r.environment_id: r.environment for r in records}
         if len(records) > 1:
             compared, nway = attribution.compare_bundles(records, [o.name for o in ran], all_pairs=True)
