@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detharness.runner import WORKER_PYTHON_VARIABLE
+
 #: Set by the launcher: what is emulated, by what, as which CPU. The fingerprint's ``machine.emulated``.
 EMULATED_VARIABLE = "DETHARNESS_EMULATED"
 #: Where ``ci/setup-arm.sh`` leaves the arm64 packages it downloaded.
@@ -55,7 +57,7 @@ SETUP_COMMAND = "ci/setup-arm.sh (as root: installs qemu-user-static and downloa
 #: Variables of the host that would mislead the emulated libraries: an x86 OPENBLAS_CORETYPE makes
 #: ARM OpenBLAS fall back to generic armv8 kernels without a word. A profile may set them itself.
 HOST_ONLY_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "ATEN_CPU_CAPABILITY", "XLA_FLAGS",
-                       "DETHARNESS_WORKER_PYTHON", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
+                       WORKER_PYTHON_VARIABLE, "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV")
 STAMP = ".detharness-emulation.json"
 
 
@@ -220,7 +222,7 @@ def prepare(arch_name: str, cpu: str | None, cache: Path, *, log: Callable[[str]
     prepared.env = {
         "PYTHONPATH": str(source_folder(cache)),
         "PYTHONNOUSERSITE": "1",
-        "DETHARNESS_WORKER_PYTHON": str(prepared.launcher),  # detharness.runner.WORKER_PYTHON_VARIABLE
+        WORKER_PYTHON_VARIABLE: str(prepared.launcher),
         EMULATED_VARIABLE: prepared.label,
     }
     prepared.notes = [f"emulated {prepared.label}: features {' '.join(described.features)}"]
