@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import atexit
 import functools
+import multiprocessing
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -169,11 +173,114 @@ def aarch64_emulation_missing() -> str | None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m detharness`` as a user would, in a fresh interpreter."""
+    """Run detharness's command line and read what it printed and its exit status, as a user would.
+
+    It runs in this process, ``detharness.cli.main`` with file descriptors 1 and 2 captured, so what
+    the workers it starts write reaches the same output a terminal would show, and is checked for
+    leaving this process as it found it (see :func:`_in_process`). A command still running after
+    ``timeout`` seconds is interrupted as Ctrl-C would and raises ``subprocess.TimeoutExpired``, as
+    ``subprocess.run`` does. What only a new interpreter shows (the modules a command imports, a
+    signal from outside) is tested with ``python -m detharness`` in a subprocess.
+    """
     full_env = {**os.environ, **(env or {})}
     full_env.pop("CI", None)
-    return subprocess.run([sys.executable, "-m", "detharness", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+    return _in_process(list(args), full_env, cwd, timeout)
+
+
+# Set by imports of other libraries that an ``--in-process`` run makes here, not by detharness:
+# threadpoolctl sets the first when imported, torch's inductor the second on first use.
+_SET_BY_LIBRARIES = frozenset({"KMP_DUPLICATE_LIB_OK", "TORCHINDUCTOR_CACHE_DIR"})
+_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def _in_process(args: list[str], env: dict[str, str], cwd: Path | None,
+                timeout: float) -> subprocess.CompletedProcess[str]:
+    """``detharness.cli.main(args)`` here, under ``env`` and in ``cwd``, with fds 1 and 2 captured.
+
+    Starting an interpreter and importing numpy and detharness is 0.25 CPU-seconds of every CLI call,
+    half of a small run's; the suite makes a few hundred. A command must leave its caller (the pytest
+    plugin and scripts call it in-process too) as it found it: its environment variables, working
+    folder, signal handlers and ``sys.argv``, no worker process left running. A command that changes
+    one fails the test, naming what changed; the process is put back either way.
+    """
+    from detharness import cli
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_handlers = {s: signal.getsignal(s) for s in _SIGNALS}
+    saved_streams = sys.stdout, sys.stderr
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = ["detharness", *args]
+    leaks: list[str] = []
+    code: object = 0
+    timed_out = threading.Event()
+
+    def interrupt() -> None:  # as Ctrl-C would: KeyboardInterrupt in the main thread, main ends its workers
+        timed_out.set()
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        for stream in saved_streams:
+            stream.flush()
+        saved_fds = os.dup(1), os.dup(2)
+        os.dup2(out_file.fileno(), 1)
+        os.dup2(err_file.fileno(), 2)
+        # As Python sets up a pipe's streams: stdout block-buffered and strict, stderr line-buffered.
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False,  # noqa: SIM115
+                          buffering=1)
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            timer = threading.Timer(timeout, interrupt)
+            timer.start()
+            try:
+                code = cli.main(args)
+            except SystemExit as exc:  # argparse: --help, --version, a usage error
+                code = exc.code
+                if isinstance(code, str):
+                    sys.stderr.write(code + "\n")
+                    code = 1
+            finally:
+                timer.cancel()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = saved_streams
+            for fd, saved in zip((1, 2), saved_fds, strict=True):
+                os.dup2(saved, fd)
+                os.close(saved)
+            changed = sorted(k for k in {*env, *os.environ} - _SET_BY_LIBRARIES if env.get(k) != os.environ.get(k))
+            if changed:
+                leaks.append(f"environment variables {changed}")
+            if os.path.realpath(os.getcwd()) != os.path.realpath(cwd if cwd is not None else saved_cwd):
+                leaks.append(f"the working folder (now {os.getcwd()})")
+            if sys.argv != ["detharness", *args]:
+                leaks.append("sys.argv")
+            changed_handlers = [s.name for s in _SIGNALS if signal.getsignal(s) != saved_handlers[s]]
+            if changed_handlers:
+                leaks.append(f"signal handlers {changed_handlers}")
+            alive = multiprocessing.active_children()
+            if alive:
+                leaks.append(f"processes left running {[p.name for p in alive]}")
+                for process in alive:
+                    process.kill()
+            for s, handler in saved_handlers.items():
+                signal.signal(s, handler)
+            os.environ.clear()
+            os.environ.update(saved_env)
+            os.chdir(saved_cwd)
+            sys.argv = saved_argv
+        out_file.seek(0)
+        err_file.seek(0)
+        stdout = out_file.read().decode("utf-8", "replace")
+        stderr = err_file.read().decode("utf-8", "replace")
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(["detharness", *args], timeout, stdout, stderr)
+    assert not leaks, f"detharness {shlex.join(args)} changed its caller's process: {', '.join(leaks)}\n{stderr}"
+    returncode = 0 if code is None else code
+    assert isinstance(returncode, int), f"detharness {shlex.join(args)} ended with {code!r}"
+    return subprocess.CompletedProcess(["detharness", *args], returncode, stdout, stderr)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import json
 import re
@@ -153,6 +155,16 @@ TORCH_CASE = """
         import torch
         return {"y": torch.softmax(x, -1)}
 """
+
+
+@pytest.fixture(autouse=True)
+def _native_extensions_loaded_first() -> None:
+    """pytester puts ``sys.modules`` back after an in-process run, dropping what the run imported, and
+    a native extension imported a second time can abort the process (onnx's registers its protobuf
+    descriptors again). Imported before pytester takes its snapshot, they stay loaded."""
+    for name in ("onnx", "onnxruntime", "torch", "jax"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def _cases(pytester: pytest.Pytester, text: str, name: str = "cases.py", folder: str = "my_cases") -> Path:
