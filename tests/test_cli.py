@@ -295,6 +295,52 @@ def test_a_failed_reference_is_named_in_every_result_it_costs(tmp_path: Path) ->
     assert "reference broke" in results[0]["traceback"]
 
 
+
+def test_a_variant_that_fails_with_nothing_held_against_it_is_still_an_error(tmp_path: Path) -> None:
+    """A case's only implementation, or a reference whose candidates were not selected, is compared
+    with nothing: its error is a result of its own, never "nothing compared" and exit 0."""
+    cases = write_cases(tmp_path / "mine", """
+        import numpy as np
+        from detharness import case
+
+        alone = case("lone/ref", inputs=lambda rng: {"x": np.ones(3)})
+
+        @alone.impl("ref", backend="numpy", reference=True)
+        def _(x):
+            raise ValueError("the only implementation broke")
+
+        pair = case("pair/sum", inputs=lambda rng: {"x": np.ones(3)})
+
+        @pair.impl("ref", backend="numpy", reference=True, dtypes=("float64",))
+        def _(x):
+            raise RuntimeError("reference broke")
+
+        @pair.impl("fine", backend="numpy")
+        def _(x):
+            return {"y": x}
+
+        fine = case("lone/fine", inputs=lambda rng: {"x": np.ones(3)})
+
+        @fine.impl("ref", backend="numpy", reference=True)
+        def _(x):
+            return {"y": x}
+    """)
+    done = run_cli("run", "--cases", str(cases), "-k", "lone", "--format", "json")
+    assert done.returncode == 1, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert [(r["check"], r["variant"], r["status"], r["message"]) for r in results] == [
+        ("backend", "lone/ref[ref:cpu:float32:eager]", "error", "ValueError: the only implementation broke")]
+    assert "the only implementation broke" in results[0]["traceback"] and "lone/ref" in results[0]["reproduce"]
+    # the reference alone (its candidate deselected): its own error, once
+    only_ref = run_cli("run", "--cases", str(cases), "-k", "pair/sum and ref", "--format", "json")
+    assert only_ref.returncode == 1
+    assert [r["message"] for r in json.loads(only_ref.stdout)["results"]] == ["RuntimeError: reference broke"]
+    # where the failed reference is named by its candidate's result, it is not reported twice
+    both = run_cli("run", "--cases", str(cases), "-k", "pair/sum", "--format", "json")
+    assert [r["variant"] for r in json.loads(both.stdout)["results"]] == ["pair/sum[fine:cpu:float32:eager]"]
+    # a lone variant that ran is still nothing compared, exit 0
+    assert run_cli("run", "--cases", str(cases), "-k", "lone/fine").returncode == 0
+
 def test_a_forgotten_return_or_an_object_output_is_that_variants_error(tmp_path: Path) -> None:
     cases = write_cases(tmp_path / "mine", """
         import numpy as np

@@ -21,13 +21,13 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from detharness.checks.backend import BackendCheck
-from detharness.checks.base import Check, Plan, new_result, reproduce_run
+from detharness.checks.base import Check, Plan, new_result, not_ok, reproduce_run, selected
 from detharness.checks.device import DeviceCheck
 from detharness.checks.environment import EnvironmentCheck, environment_check, pair_variants, record_keywords
 from detharness.checks.repeat import RepeatCheck
 from detharness.checks.rng import RngCheck
 from detharness.checks.roundtrip import RoundtripCheck
-from detharness.results import Result
+from detharness.results import Outcome, Result
 
 if TYPE_CHECKING:
     from detharness.cases import Variant
@@ -69,7 +69,21 @@ def run_checks(record: RunRecord, names: Sequence[str] | None = None, only: Iter
     for name, check in CHECKS.items():
         if name in chosen:
             results += check.judge(record, ids, baseline)
-    return results
+    return results + unjudged_errors(record, results, ids, "backend" if "backend" in chosen else min(chosen))
+
+
+def unjudged_errors(record: RunRecord, results: Sequence[Result], only: Iterable[str] | None,
+                    check: str) -> list[Result]:
+    """An ``error`` result for each variant that raised, crashed or timed out and that no result names.
+
+    A check reports a variant's error where it holds the variant against another; a variant that
+    nothing is held against (a case's only implementation, a reference whose candidates were not
+    selected) would otherwise fail with no result at all, and the run would say "nothing compared"
+    and exit 0.
+    """
+    named = {name for r in results for name in (r.variant, r.baseline, r.candidate) if name}
+    return [not_ok(check, v, None, reproduce_run(record, v.id, check)) for v in selected(record, only)
+            if v.status == Outcome.ERROR and v.id not in named]
 
 
 __all__ = [
@@ -85,4 +99,5 @@ __all__ = [
     "record_keywords",
     "reproduce_run",
     "run_checks",
+    "unjudged_errors",
 ]
