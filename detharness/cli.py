@@ -595,13 +595,8 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
         sys.stderr.write(f"detharness matrix: {terminal_safe(line)}\n")
         sys.stderr.flush()
 
-    if args.no_cache:
-        from detharness import cache
-
-        # Each profile's run inherits this process's environment: every one runs without the cache.
-        os.environ[cache.NO_CACHE_VARIABLE] = "1"
     outcomes = matrix.run_matrix(spec, args.out, keyword=args.keyword, overlays=args.overlays, progress=progress,
-                                 intermediates=args.intermediates)
+                                 intermediates=args.intermediates, no_cache=args.no_cache)
     report = matrix.matrix_report(spec, outcomes, seconds=time.perf_counter() - start)
     arrays = matrix.array_source(outcomes)
     report["fail_on"] = [s.value for s in fail_on]

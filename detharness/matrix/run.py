@@ -170,7 +170,8 @@ def _check_outcome(outcome: ProfileOutcome, profile: Profile, environment: Mappi
 
 def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | None = None,
                overlays: str | os.PathLike[str] | None = None, python: str = sys.executable,
-               progress: Callable[[str], None] = lambda _: None, intermediates: bool = False) -> list[ProfileOutcome]:
+               progress: Callable[[str], None] = lambda _: None, intermediates: bool = False,
+               no_cache: bool = False) -> list[ProfileOutcome]:
     """Set up and run every profile, the baseline first; a failed one is recorded and the rest go on.
 
     Bundles go to ``OUT/<profile>``, each run's output to ``OUT/<profile>.log``. Runs are sequential:
@@ -228,6 +229,9 @@ def run_matrix(spec: MatrixSpec, out: str | os.PathLike[str], *, keyword: str | 
         if intermediates:  # every profile records its layers; with --inputs-from, their shadows too
             command.append("--intermediates")
             outcome.command += " --intermediates"
+        if no_cache:  # every profile exports and compiles afresh, and its reproduce line says so
+            command.append("--no-cache")
+            outcome.command += " --no-cache"
         outcome.log = shown_path(log_path)
         profile_timeout = profile.profile_timeout or spec.profile_timeout * (EMULATION_SLOWDOWN if profile.emulate else 1)
         progress(f"{tag}: running with {profile.describe()}")

@@ -365,3 +365,16 @@ def test_a_profiles_reproduce_line_runs_as_pasted_and_names_no_home_folder(tmp_p
                           env={**os.environ, "DH_GONE": "1"})
     assert done.stdout.strip() == repr(["two words", f"{home}/.cache/o 1{os.pathsep}{home}/src", "aarch64 qemu cpu=n1",
                                         None])
+
+
+def test_no_cache_reaches_every_profile_through_its_command_and_leaves_detharness_s_environment(tmp_path: Path) -> None:
+    """``matrix --no-cache`` runs each profile with ``--no-cache`` (so its reproduce line says it), and
+    sets nothing in the process that called it (run_cli checks its environment is as it was)."""
+    path = tmp_path / "profiles.toml"
+    path.write_text('[matrix]\nkeyword = "preprocessing/min_max_scale"\nbackends = ["numpy"]\ndevice = "cpu"\n'
+                    '[profiles.one]\n[profiles.two]\nenv = { OMP_NUM_THREADS = "1" }\n')
+    done = run_cli("matrix", str(path), "--out", str(tmp_path / "out"), "--no-cache", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    profiles = json.loads(done.stdout)["profiles"]
+    assert [p["status"] for p in profiles] == ["ok", "ok"]
+    assert all(p["command"].endswith(" --no-cache") for p in profiles), profiles
