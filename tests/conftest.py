@@ -208,6 +208,7 @@ def _in_process(args: list[str], env: dict[str, str], cwd: Path | None,
     saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
     saved_handlers = {s: signal.getsignal(s) for s in _SIGNALS}
     saved_streams = sys.stdout, sys.stderr
+    running = set(multiprocessing.active_children())  # the plugin's workers, say, that outlive one item
     os.environ.clear()
     os.environ.update(env)
     sys.argv = ["detharness", *args]
@@ -260,7 +261,7 @@ def _in_process(args: list[str], env: dict[str, str], cwd: Path | None,
             changed_handlers = [s.name for s in _SIGNALS if signal.getsignal(s) != saved_handlers[s]]
             if changed_handlers:
                 leaks.append(f"signal handlers {changed_handlers}")
-            alive = multiprocessing.active_children()
+            alive = [p for p in multiprocessing.active_children() if p not in running]
             if alive:
                 leaks.append(f"processes left running {[p.name for p in alive]}")
                 for process in alive:
