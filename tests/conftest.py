@@ -198,9 +198,9 @@ def _in_process(args: list[str], env: dict[str, str], cwd: Path | None,
     """``detharness.cli.main(args)`` here, under ``env`` and in ``cwd``, with fds 1 and 2 captured.
 
     Starting an interpreter and importing numpy and detharness is 0.25 CPU-seconds of every CLI call,
-    half of a small run's; the suite makes a few hundred. A command must leave its caller (the pytest
-    plugin and scripts call it in-process too) as it found it: its environment variables, working
-    folder, signal handlers and ``sys.argv``, no worker process left running. A command that changes
+    half of a small run's; the suite makes a few hundred. A command must leave its caller (a script or
+    a notebook may call ``main`` too) as it found it: its environment variables, working folder,
+    signal handlers and ``sys.argv``, no worker process left running. A command that changes
     one fails the test, naming what changed; the process is put back either way.
     """
     from detharness import cli
@@ -245,8 +245,8 @@ def _in_process(args: list[str], env: dict[str, str], cwd: Path | None,
             finally:
                 timer.cancel()
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
+            sys.stdout.close()  # flushed; fds 1 and 2 stay open (closefd=False)
+            sys.stderr.close()
             sys.stdout, sys.stderr = saved_streams
             for fd, saved in zip((1, 2), saved_fds, strict=True):
                 os.dup2(saved, fd)
