@@ -285,6 +285,45 @@ def test_a_crashing_implementation_fails_its_own_items_only(pytester: pytest.Pyt
                                         "*error: worker crashed: killed by SIGSEGV*"])
 
 
+def test_a_case_s_only_implementation_is_an_item_that_fails_with_its_error(pytester: pytest.Pytester) -> None:
+    """Nothing is held against it, so no check would make its item and its error would go unseen:
+    it gets the backend check's item, as `detharness run` reports it there."""
+    _cases(pytester, """
+        import numpy as np
+        from detharness import case
+
+        broken = case("lone/broken", inputs=lambda rng: {"x": np.ones(3)})
+
+        @broken.impl("only", backend="numpy", reference=True)
+        def _(x):
+            raise ValueError("the only implementation broke")
+
+        fine = case("lone/fine", inputs=lambda rng: {"x": np.ones(3)})
+
+        @fine.impl("only", backend="numpy")
+        def _(x):
+            return {"y": x}
+
+        pair = case("pair/sum", inputs=lambda rng: {"x": np.ones(3)})
+
+        @pair.impl("ref", backend="numpy", reference=True, dtypes=("float64",))
+        def _(x):
+            return {"y": x}
+
+        @pair.impl("other", backend="numpy")
+        def _(x):
+            return {"y": x + 0}
+    """)
+    result = _run(pytester, "--dh-cases", "my_cases", "-v", "-rs")
+    result.assert_outcomes(failed=1, skipped=1, passed=1)  # a reference someone needs gets no item
+    result.stdout.fnmatch_lines_random([
+        "*::backend:lone/broken[[]only:cpu:float32:eager[]] FAILED*",
+        "*::backend:lone/fine[[]only:cpu:float32:eager[]] SKIPPED*",
+        "*::backend:pair/sum[[]other:cpu:float32:eager[]] PASSED*",
+        "*error: ValueError: the only implementation broke*",
+        "*nothing to compare (the backend check had nothing to hold it against)*"])
+
+
 def test_in_process_runs_variants_in_the_test_process(pytester: pytest.Pytester) -> None:
     _cases(pytester, NUMPY_CASES)
     result = _run(pytester, "--dh-cases", "my_cases", "--dh-in-process", "-m", "cpu", "-rP")
