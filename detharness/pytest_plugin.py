@@ -251,27 +251,15 @@ class CaseFile(pytest.File):
     """A case file (or an ONNX test folder's ``model.onnx``): the items of the cases it defines."""
 
     def collect(self) -> Iterable[pytest.Item | pytest.Collector]:
-        from detharness.checks import CHECKS, checks_for
+        from detharness.checks import checks_for
 
         session = self.config.stash[_SESSION]
         key = self.path.resolve()
         if key in session.errors:
             raise self.CollectError(str(session.errors[key]))
         plan = session.plan()
-        items: list[pytest.Item | pytest.Collector] = []
-        for c in session.owned.get(key, []):
-            variants = list(c.variants())
-            judged = {v.id: checks_for(v, plan) for v in variants}
-            needed = {n.id for v in variants for check in judged[v.id] for n in CHECKS[check].needs(v)}
-            for v in variants:
-                # A variant no check holds against another and none needs (a case's only
-                # implementation) still gets an item of the backend check's, as `detharness run`
-                # reports its error there: it fails when the variant fails, else it is skipped
-                # with nothing to compare. Never left out, where an error would go unseen.
-                checks = judged[v.id] or ([] if v.id in needed else ["backend"])
-                items += [VariantItem.from_parent(self, name=f"{check}:{v.id}", check=check, variant=v)
-                          for check in checks]
-        return items
+        return [VariantItem.from_parent(self, name=f"{check}:{v.id}", check=check, variant=v)
+                for c in session.owned.get(key, []) for v in c.variants() for check in checks_for(v, plan)]
 
 
 class VariantItem(pytest.Item):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -330,11 +331,21 @@ def test_a_variant_that_fails_with_nothing_held_against_it_is_still_an_error(tmp
     results = json.loads(done.stdout)["results"]
     assert [(r["check"], r["variant"], r["status"], r["message"]) for r in results] == [
         ("backend", "lone/ref[ref:cpu:float32:eager]", "error", "ValueError: the only implementation broke")]
-    assert "the only implementation broke" in results[0]["traceback"] and "lone/ref" in results[0]["reproduce"]
+    assert "the only implementation broke" in results[0]["traceback"]
     # the reference alone (its candidate deselected): its own error, once
     only_ref = run_cli("run", "--cases", str(cases), "-k", "pair/sum and ref", "--format", "json")
     assert only_ref.returncode == 1
-    assert [r["message"] for r in json.loads(only_ref.stdout)["results"]] == ["RuntimeError: reference broke"]
+    ref_results = json.loads(only_ref.stdout)["results"]
+    assert [r["message"] for r in ref_results] == ["RuntimeError: reference broke"]
+    # each reproduce line, pasted, runs that variant again and gives the same error
+    for result in (results[0], ref_results[0]):
+        words = shlex.split(result["reproduce"])
+        assert words[:2] == ["detharness", "run"]
+        again = run_cli(*words[1:], "--format", "json")
+        assert again.returncode == 1, again.stderr
+        assert [r["message"] for r in json.loads(again.stdout)["results"]] == [result["message"]]
+    # the backend check is the one that holds a case's only implementation
+    assert run_cli("run", "--cases", str(cases), "-k", "lone/ref", "--check", "backend").returncode == 1
     # where the failed reference is named by its candidate's result, it is not reported twice
     both = run_cli("run", "--cases", str(cases), "-k", "pair/sum", "--format", "json")
     assert [r["variant"] for r in json.loads(both.stdout)["results"]] == ["pair/sum[fine:cpu:float32:eager]"]

@@ -41,9 +41,25 @@ RUN_CHECKS: tuple[str, ...] = tuple(name for name, c in CHECKS.items() if c.in_r
 
 
 def checks_for(v: Variant, plan: Plan, names: Iterable[str] | None = None) -> list[str]:
-    """The checks (of ``names``, default all) that judge variant ``v``."""
+    """The checks (of ``names``, default all) that judge variant ``v``.
+
+    A variant that no check holds against another and that no other variant needs (a case's only
+    implementation) is the backend check's: that check reports it, with its error or "nothing to
+    compare", so that ``--check backend`` selects it and the pytest plugin gives it an item.
+    """
     wanted = CHECKS if names is None else {n: CHECKS[n] for n in names}
-    return [name for name, c in wanted.items() if c.applies(v, plan)]
+    found = [name for name, c in wanted.items() if c.applies(v, plan)]
+    if not found and "backend" in wanted and _alone(v, plan):
+        found = ["backend"]
+    return found
+
+
+def _alone(v: Variant, plan: Plan) -> bool:
+    """Whether no check judges ``v`` and no variant of its case needs it."""
+    if any(c.applies(v, plan) for c in CHECKS.values()):
+        return False
+    return not any(n.id == v.id for u in v.case.variants() if u.id != v.id
+                   for c in CHECKS.values() if c.applies(u, plan) for n in c.needs(u))
 
 
 def needed(variants: Sequence[Variant], plan: Plan, names: Iterable[str] | None = None) -> list[Variant]:
@@ -84,7 +100,8 @@ def unjudged_errors(record: RunRecord, results: Sequence[Result], only: Iterable
     and exit 0.
     """
     named = {name for r in results for name in (r.variant, r.baseline, r.candidate) if name}
-    return [not_ok(check, v, None, reproduce_run(record, v.id, check)) for v in selected(record, only)
+    # Reproduced without --check: a reference whose candidates were not selected is no check's own.
+    return [not_ok(check, v, None, reproduce_run(record, v.id, None)) for v in selected(record, only)
             if v.status == Outcome.ERROR and v.id not in named]
 
 

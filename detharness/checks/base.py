@@ -206,11 +206,14 @@ def case_options(record: RunRecord) -> list[str]:
     return words
 
 
-def reproduce_run(record: RunRecord, variant: str, check: str) -> str:
-    """The command line that runs this one variant's check again in this environment; it runs when
-    pasted into a shell, from any folder where the case paths mean what they meant."""
+def reproduce_run(record: RunRecord, variant: str, check: str | None) -> str:
+    """The command line that runs this one variant's check (or, for ``None``, the variant) again in
+    this environment; it runs when pasted into a shell, from any folder where the case paths mean
+    what they meant."""
     opts = record.options
-    words = ["detharness", "run", *case_options(record), "-k", shlex.quote(variant), "--check", check]
+    words = ["detharness", "run", *case_options(record), "-k", shlex.quote(variant)]
+    if check is not None:
+        words += ["--check", check]
     if check == "repeat":
         processes = int(opts.get("repeat_processes") or 1)
         if processes > 1:
