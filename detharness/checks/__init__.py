@@ -48,18 +48,16 @@ def checks_for(v: Variant, plan: Plan, names: Iterable[str] | None = None) -> li
     compare", so that ``--check backend`` selects it and the pytest plugin gives it an item.
     """
     wanted = CHECKS if names is None else {n: CHECKS[n] for n in names}
-    found = [name for name, c in wanted.items() if c.applies(v, plan)]
-    if not found and "backend" in wanted and _alone(v, plan):
-        found = ["backend"]
-    return found
+    applying = {name for name, c in CHECKS.items() if c.applies(v, plan)}
+    if not applying and "backend" in wanted and not _needed_by_another(v, plan):
+        return ["backend"]
+    return [name for name in wanted if name in applying]
 
 
-def _alone(v: Variant, plan: Plan) -> bool:
-    """Whether no check judges ``v`` and no variant of its case needs it."""
-    if any(c.applies(v, plan) for c in CHECKS.values()):
-        return False
-    return not any(n.id == v.id for u in v.case.variants() if u.id != v.id
-                   for c in CHECKS.values() if c.applies(u, plan) for n in c.needs(u))
+def _needed_by_another(v: Variant, plan: Plan) -> bool:
+    """Whether a check that judges another variant of ``v``'s case needs ``v`` (as its reference)."""
+    return any(n.id == v.id for u in v.case.variants() if u.id != v.id
+               for c in CHECKS.values() if c.applies(u, plan) for n in c.needs(u))
 
 
 def needed(variants: Sequence[Variant], plan: Plan, names: Iterable[str] | None = None) -> list[Variant]:
@@ -85,8 +83,8 @@ def run_checks(record: RunRecord, names: Sequence[str] | None = None, only: Iter
     for name, check in CHECKS.items():
         if name in chosen:
             results += check.judge(record, ids, baseline)
-    # Under the backend check where it ran (it is what holds an implementation against its reference).
-    filed_under = "backend" if "backend" in chosen else next((n for n in CHECKS if n in chosen), "backend")
+    # Under the first chosen check in CHECKS order: the backend check's, where it ran.
+    filed_under = next((n for n in CHECKS if n in chosen), "backend")
     return results + unjudged_errors(record, results, ids, filed_under)
 
 
