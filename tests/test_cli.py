@@ -296,7 +296,6 @@ def test_a_failed_reference_is_named_in_every_result_it_costs(tmp_path: Path) ->
     assert "reference broke" in results[0]["traceback"]
 
 
-
 def test_a_variant_that_fails_with_nothing_held_against_it_is_still_an_error(tmp_path: Path) -> None:
     """A case's only implementation, or a reference whose candidates were not selected, is compared
     with nothing: its error is a result of its own, never "nothing compared" and exit 0."""
@@ -351,6 +350,7 @@ def test_a_variant_that_fails_with_nothing_held_against_it_is_still_an_error(tmp
     assert [r["variant"] for r in json.loads(both.stdout)["results"]] == ["pair/sum[fine:cpu:float32:eager]"]
     # a lone variant that ran is still nothing compared, exit 0
     assert run_cli("run", "--cases", str(cases), "-k", "lone/fine").returncode == 0
+
 
 def test_a_forgotten_return_or_an_object_output_is_that_variants_error(tmp_path: Path) -> None:
     cases = write_cases(tmp_path / "mine", """
