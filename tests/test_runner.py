@@ -77,6 +77,44 @@ def test_a_worker_that_cannot_start_is_not_started_again_for_each_variant(tmp_pa
     assert starts.read_text().splitlines() == ["start"]
 
 
+@pytest.mark.parametrize("how", ["stopped", "orphaned"])
+def test_a_worker_s_exit_skips_the_last_collections_and_still_runs_its_atexit_handlers(tmp_path: Path, how: str) -> None:
+    """Told to stop (or finding its pipe closed), a worker freezes its heap: the interpreter's last
+    garbage collections, most of a framework worker's exit, have nothing to walk. What the exit is
+    for (atexit handlers, flushed streams) still happens."""
+    seen = tmp_path / "at_exit.txt"
+    write_cases(tmp_path / "cases", f"""
+        import atexit
+        import gc
+        import multiprocessing
+
+        from detharness import case
+
+        if multiprocessing.current_process().name.startswith("detharness-"):
+            def _at_exit():
+                with open({str(seen)!r}, "w") as f:
+                    f.write(str(gc.get_freeze_count()))
+            atexit.register(_at_exit)
+
+        c = case("w/exits", inputs=lambda rng: {{"x": rng.standard_normal(4)}})
+
+        @c.impl("a", backend="numpy")
+        def _(x):
+            return {{"y": x}}
+    """)
+    worker = Worker("numpy", [str(tmp_path / "cases")], deterministic=False, timeout=60)
+    assert worker.start().error is None
+    process = worker.process
+    assert process is not None and worker.conn is not None
+    if how == "stopped":
+        worker.stop()
+    else:  # detharness gone without a word: the worker reads the end of its pipe
+        worker.conn.close()
+        process.join(30)
+    assert process.exitcode == 0
+    assert int(seen.read_text()) > 0
+
+
 class _MissingFramework(Backend):
     name = "notinstalled"
     import_name = "detharness_no_such_framework"
