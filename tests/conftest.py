@@ -298,3 +298,28 @@ def session_severities(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(onnxruntime, "InferenceSession", recording)
     return severities
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The case library's items (``--dh-cases cases``) first, in their own order, then the tests.
+
+    pytest-xdist's worksteal hands each worker a contiguous half of this list. With the library
+    first, one worker runs all of it, so its backend workers import each framework and build the
+    exporter's registry once, not once per xdist worker; and its exports and jax programs are in the
+    session's cache (above) before the tests that run the same built-in cases (the rng and
+    round-trip tags, a real matrix) ask for them. No test depends on the order: each passes alone.
+    """
+    from detharness.pytest_plugin import VariantItem
+
+    items.sort(key=lambda item: not isinstance(item, VariantItem))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """An xdist worker's heap, frozen once its tests are done: its exit then skips the interpreter's
+    last garbage collections over torch's, jax's and every test's objects (about 1 s, on the
+    session's critical path: the controller waits for the last worker to end). As
+    detharness.runner._ending does for a backend worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import gc
+
+        gc.freeze()
