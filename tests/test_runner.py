@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detharness.backends import Backend, register_backend
@@ -78,11 +79,12 @@ def test_a_worker_that_cannot_start_is_not_started_again_for_each_variant(tmp_pa
 
 
 @pytest.mark.parametrize("how", ["stopped", "orphaned"])
-def test_a_worker_s_exit_skips_the_last_collections_and_still_runs_its_atexit_handlers(tmp_path: Path, how: str) -> None:
-    """Told to stop (or finding its pipe closed), a worker freezes its heap: the interpreter's last
-    garbage collections, most of a framework worker's exit, have nothing to walk. What the exit is
-    for (atexit handlers, flushed streams) still happens."""
-    seen = tmp_path / "at_exit.txt"
+def test_a_worker_freezes_what_it_loaded_and_what_it_made_and_still_runs_its_atexit_handlers(tmp_path: Path,
+                                                                                             how: str) -> None:
+    """A worker freezes its heap once loaded (the collector's full passes skip the framework while
+    the variants run) and again when told to stop or when it finds its pipe closed (the interpreter's
+    last collections have nothing to walk). What the exit is for (atexit handlers) still happens."""
+    seen = tmp_path / "seen.txt"
     write_cases(tmp_path / "cases", f"""
         import atexit
         import gc
@@ -90,29 +92,39 @@ def test_a_worker_s_exit_skips_the_last_collections_and_still_runs_its_atexit_ha
 
         from detharness import case
 
+        KEPT = []
+
+        def _note(when):
+            with open({str(seen)!r}, "a") as f:
+                f.write(f"{{when}} {{gc.get_freeze_count()}}\\n")
+
         if multiprocessing.current_process().name.startswith("detharness-"):
-            def _at_exit():
-                with open({str(seen)!r}, "w") as f:
-                    f.write(str(gc.get_freeze_count()))
-            atexit.register(_at_exit)
+            atexit.register(_note, "exit")
 
         c = case("w/exits", inputs=lambda rng: {{"x": rng.standard_normal(4)}})
 
         @c.impl("a", backend="numpy")
         def _(x):
+            _note("variant")
+            KEPT.append([x])  # made after the load, kept to the end
             return {{"y": x}}
     """)
     worker = Worker("numpy", [str(tmp_path / "cases")], deterministic=False, timeout=60)
     assert worker.start().error is None
     process = worker.process
     assert process is not None and worker.conn is not None
+    task = Task(id="w/exits[a:cpu:float32:eager]", case="w/exits", impl="a", device="cpu", dtype="float32",
+                mode="eager", repeat=1, inputs={"x": np.ones(4, dtype=np.float32)}, params={})
+    assert worker.run(task).outcome == Outcome.OK
     if how == "stopped":
         worker.stop()
     else:  # detharness gone without a word: the worker reads the end of its pipe
         worker.conn.close()
         process.join(30)
     assert process.exitcode == 0
-    assert int(seen.read_text()) > 0
+    (when_run, during), (when_ended, at_exit) = [line.split() for line in seen.read_text().splitlines()]
+    assert (when_run, when_ended) == ("variant", "exit")
+    assert 0 < int(during) < int(at_exit)
 
 
 class _MissingFramework(Backend):
