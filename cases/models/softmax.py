@@ -51,4 +51,7 @@ def _(params):
     node = helper.make_node("Softmax", ["x"], ["y"], axis=-1)
     graph = helper.make_graph([node], "softmax", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 512])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 512])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17)]
+    # The IR version the opset needs, not this onnx's newest: an older onnxruntime refuses a newer IR
+    # ("Unsupported model IR version: 14, max supported IR version: 13", onnxruntime 1.30 on a GPU runner).
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))

@@ -94,7 +94,7 @@ def _(seconds):
 def _(seconds):
     import torch
 
-    starts, offsets = (torch.from_numpy(a) for a in _offset_table(_zone()))
+    starts, offsets = (torch.from_numpy(a).to(seconds.device) for a in _offset_table(_zone()))
     offset = offsets[torch.searchsorted(starts, seconds, right=True) - 1]
     local = seconds + offset
     return _features(local, local // DAY, offset)

@@ -64,7 +64,7 @@ def _(utf8, length):
     import torch
 
     # torch has few uint32 kernels: int64 holds the 32-bit state, and the product (< 2**57) exactly.
-    h = torch.full((len(utf8),), FNV_OFFSET, dtype=torch.int64)
+    h = torch.full((len(utf8),), FNV_OFFSET, dtype=torch.int64, device=utf8.device)
     for j in range(utf8.shape[1]):
         h = torch.where(j < length, ((h ^ utf8[:, j].long()) * FNV_PRIME) & 0xFFFFFFFF, h)
     return {"bucket": h % N_BUCKETS}

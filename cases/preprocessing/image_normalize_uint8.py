@@ -47,7 +47,8 @@ def _(image):
     import torch
 
     x = image.permute(0, 3, 1, 2).float().div(255)
-    return {"y": (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]}
+    mean, std = (torch.tensor(v, device=x.device)[:, None, None] for v in (MEAN, STD))
+    return {"y": (x - mean) / std}
 
 
 @c.impl("jax", backend="jax", dtypes=("float32",))

@@ -45,7 +45,7 @@ def _(x):
 def _(x):
     import torch
 
-    steps = torch.arange(x.shape[0])[:, None].expand_as(x)
+    steps = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(x)
     rows = torch.where(torch.isnan(x), 0, steps)
     return {"y": torch.gather(x, 0, torch.cummax(rows, dim=0).values)}
 

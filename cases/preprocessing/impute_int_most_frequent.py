@@ -52,7 +52,7 @@ def _(values, missing):
 def _(values, missing):
     import torch
 
-    counts = ((values[..., None] == torch.arange(N_VALUES)) & ~missing[..., None]).sum(0)
+    counts = ((values[..., None] == torch.arange(N_VALUES, device=values.device)) & ~missing[..., None]).sum(0)
     return {"y": torch.where(missing, counts.argmax(-1), values)}
 
 

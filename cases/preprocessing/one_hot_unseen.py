@@ -38,7 +38,7 @@ def _(codes):
 def _(codes):
     import torch
 
-    vocabulary = torch.from_numpy(VOCABULARY)
+    vocabulary = torch.from_numpy(VOCABULARY).to(codes.device)
     index = torch.searchsorted(vocabulary, codes).clamp(max=len(vocabulary) - 1)
     index = torch.where(vocabulary[index] == codes, index, len(vocabulary))
     return {"y": torch.nn.functional.one_hot(index, len(vocabulary) + 1)[:, :-1]}

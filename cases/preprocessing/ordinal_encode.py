@@ -53,7 +53,7 @@ def _(city):
 def _(city):
     import torch
 
-    vocabulary = torch.from_numpy(_code_points(VOCABULARY).astype(np.int64))
+    vocabulary = torch.from_numpy(_code_points(VOCABULARY).astype(np.int64)).to(city.device)
     match = (city.long()[:, None, :] == vocabulary[None]).all(-1)
     return {"y": torch.where(match.any(-1), match.long().argmax(-1), -1)}
 

@@ -74,7 +74,10 @@ def _(params):
         initializer=[helper.make_tensor("scale", TensorProto.FLOAT, [], [SCALE]),
                      helper.make_tensor("zero_point", TensorProto.INT8, [], [ZERO_POINT])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opsets = [helper.make_opsetid("", 13)]
+    # The IR version the opset needs, not this onnx's newest: an older onnxruntime refuses a newer IR
+    # ("Unsupported model IR version: 14, max supported IR version: 13", onnxruntime 1.30 on a GPU runner).
+    return helper.make_model(graph, opset_imports=opsets, ir_version=helper.find_min_ir_version_for(opsets))
 
 
 @c.impl("c-roundf", backend="numpy", dtypes=("float32",))

@@ -39,7 +39,7 @@ def _(x):
     import torch
 
     # torch.quantile takes float32 or float64 only: half precision variants interpolate in float32.
-    q25, median, q75 = torch.quantile(x.float(), torch.tensor([0.25, 0.5, 0.75]), dim=0).to(x.dtype)
+    q25, median, q75 = torch.quantile(x.float(), torch.tensor([0.25, 0.5, 0.75], device=x.device), dim=0).to(x.dtype)
     return {"y": (x - median) / (q75 - q25)}
 
 

@@ -51,7 +51,7 @@ def _(spend):
     import torch
 
     past = spend.unfold(0, WINDOW, 1)[:-1].mean(-1)
-    return {"y": torch.cat([torch.full((WINDOW, spend.shape[1]), float("nan")), past])}
+    return {"y": torch.cat([torch.full((WINDOW, spend.shape[1]), float("nan"), device=spend.device), past])}
 
 
 @c.impl("jax", backend="jax", dtypes=("float32",))

@@ -62,7 +62,7 @@ def _(text):
     points = text.long()
     lowered = torch.where((points >= ord("A")) & (points <= ord("Z")), points + 32, points)
     # Decoded back to text, as the service does before tokenizing.
-    return {"y": np.ascontiguousarray(lowered.numpy().astype(np.uint32)).view(f"<U{WIDTH}")[:, 0]}
+    return {"y": np.ascontiguousarray(lowered.cpu().numpy().astype(np.uint32)).view(f"<U{WIDTH}")[:, 0]}
 
 
 c.known_divergence(

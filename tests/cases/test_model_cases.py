@@ -67,3 +67,23 @@ def test_gelu_erf_against_jax_default_tanh_is_a_known_divergence_that_still_hold
     [result] = [r for r in json.loads(done.stdout)["results"] if r["variant"] == variant]
     assert result["status"] == "known" and result["underlying_status"] == "diverged", result["message"]
     assert 1e-4 < result["max_abs"] < 1e-3
+
+
+def test_every_hand_built_onnx_model_declares_the_ir_version_its_opsets_need() -> None:
+    """An ONNX model built with onnx.helper gets that onnx's newest IR version, which an older
+    onnxruntime refuses ("Unsupported model IR version: 14, max supported IR version: 13", onnxruntime
+    1.30 on a GPU runner): the library's own models declare the oldest IR their opsets allow."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    built = 0
+    for c in discover([builtin_cases_path()]):
+        for impl in c.impls.values():
+            if impl.backend != "onnxruntime" or not impl.module:
+                continue
+            model = impl.fn(c.make_params())
+            if isinstance(model, bytes):
+                model = onnx.load_from_string(model)
+            assert model.ir_version == helper.find_min_ir_version_for(list(model.opset_import)), c.id
+            built += 1
+    assert built >= 2
