@@ -486,6 +486,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
     logs: list[VariantLog] = []
     try:
         with captured(logs):
+            for name, value in get_backend(backend_name).worker_environment.items():
+                os.environ.setdefault(name, value)  # before the case files: one may import the framework
             registry = discover(case_paths or None)
             backend, hello = load_backend(backend_name, deterministic)
     except BaseException as exc:

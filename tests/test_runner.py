@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,38 @@ def test_the_bfloat16_probe_model_is_one_every_onnxruntime_since_1_12_reads() ->
 
     model = onnx.load_from_string(onnxruntime_backend._probe_model("MatMul"))
     assert model.ir_version == 8 and model.opset_import[0].version == 17
+
+
+@pytest.mark.parametrize(("user_value", "seen"), [(None, "false"), ("true", "true")])
+def test_a_jax_worker_takes_gpu_memory_as_needed_unless_the_user_chose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      user_value: str | None, seen: str) -> None:
+    """jax's default preallocation (75% of the GPU) left the second jax process of a run on one GPU
+    out of memory; a jax worker turns it off before jax starts, and keeps a value the user set."""
+    pytest.importorskip("jax")
+    if user_value is None:
+        monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    else:
+        monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", user_value)
+    noted = tmp_path / "noted.txt"
+    write_cases(tmp_path / "cases", f"""
+        import os
+
+        from detharness import case
+
+        with open({str(noted)!r}, "a") as f:
+            f.write(os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "unset") + "\\n")
+
+        c = case("w/jax", inputs=lambda rng: {{"x": rng.standard_normal(4)}})
+
+        @c.impl("a", backend="jax")
+        def _(x):
+            return {{"y": x}}
+    """)
+    worker = Worker("jax", [str(tmp_path / "cases")], deterministic=False, timeout=120)
+    try:
+        assert worker.start().error is None
+    finally:
+        worker.stop()
+    # the worker's, before its case files were read; this process's own environment is untouched
+    assert noted.read_text().split() == [seen]
+    assert os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE") == user_value

@@ -33,7 +33,7 @@ import importlib.util
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -211,6 +211,11 @@ class Backend:
             raise BackendError(f"backend {self.name!r} is not installed; install it with: {self.install_hint}")
         self._load_framework()
         self._loaded = True
+
+    #: Environment variables a worker process of this backend sets (where the user has not) before
+    #: the framework starts: process settings that change no result. Never set in a caller's own
+    #: process (``--in-process``), whose environment is the caller's.
+    worker_environment: ClassVar[Mapping[str, str]] = {}
 
     def apply_switches(self, deterministic: bool = False) -> dict[str, Any]:
         """Set the framework's determinism switches if ``deterministic``; return the switches in force.

@@ -17,8 +17,8 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -90,6 +90,12 @@ class JaxBackend(Backend):
         self._compile_cache: bool | None = None
 
     # -- switches and loading -------------------------------------------------------------------
+
+    #: jax takes 75% of a GPU's memory when it starts. A run has several processes on one GPU (the torch
+    #: worker beside this one, a backend split across workers, pytest-xdist workers): the second jax
+    #: process ran out of memory loading its first kernel (measured on an H200, ci/gpu-check.sh). Memory
+    #: taken as needed changes no result, and the variable is not part of the environment id.
+    worker_environment: ClassVar[Mapping[str, str]] = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
     def _set_environment(self, deterministic: bool) -> None:
         if not deterministic:
