@@ -91,10 +91,11 @@ class JaxBackend(Backend):
 
     # -- switches and loading -------------------------------------------------------------------
 
-    #: jax takes 75% of a GPU's memory when it starts. A run has several processes on one GPU (the torch
-    #: worker beside this one, a backend split across workers, pytest-xdist workers): the second jax
-    #: process ran out of memory loading its first kernel (measured on an H200, ci/gpu-check.sh). Memory
-    #: taken as needed changes no result, and the variable is not part of the environment id.
+    #: jax takes 75% of a GPU's memory when it starts, and a run has several processes on one GPU (the
+    #: torch worker beside this one, a backend split across workers, pytest-xdist workers): on an H200,
+    #: ci/gpu-check.sh's jax variants failed with CUDA_ERROR_OUT_OF_MEMORY loading their first kernel,
+    #: and none did with this setting. Memory taken as needed changes no result, and the variable is
+    #: not part of the environment id.
     worker_environment: ClassVar[Mapping[str, str]] = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
     def _set_environment(self, deterministic: bool) -> None:
