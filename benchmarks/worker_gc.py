@@ -1,8 +1,8 @@
 """The garbage collector in a backend worker: frozen as detharness does it against a plain worker.
 
-A worker freezes its heap once it has loaded its framework and case files (``runner._loaded``), so
-the collector's full passes skip those objects while the variants run, and again when it is told
-to stop (``runner._ending``), so the interpreter's last collections at exit have nothing to walk.
+A worker freezes its heap (``runner._freeze_heap``) once it has loaded its framework and case
+files, so the collector's full passes skip those objects while the variants run, and again when it
+is told to stop, so the interpreter's last collections at exit have nothing to walk.
 This script starts real workers of each kind, alternating which goes first, runs the built-in
 ``cases/models`` variants of one backend on the CPU in each (the persistent cache off: every torch
 ONNX variant exports), and prints per backend, as medians over the rounds:
@@ -38,8 +38,7 @@ CASES = Path(__file__).resolve().parent.parent / "cases" / "models"
 
 def _plain_worker_main(*args: Any) -> None:
     """The worker as it would be without either freeze."""
-    runner._loaded = lambda: None
-    runner._ending = lambda: None
+    runner._freeze_heap = lambda: None
     runner._worker_main(*args)
 
 
@@ -110,7 +109,7 @@ def main() -> None:
                 runs[name].append(one(kind, backend, args.keyword))
 
         def med(name: str, key: str, runs: dict[str, list[dict[str, Any]]] = runs) -> float:
-            return statistics.median(run[key] for run in runs[name])
+            return float(statistics.median(run[key] for run in runs[name]))
 
         same = all(run["outputs"] == runs["frozen"][0]["outputs"] for run in runs["frozen"] + runs["plain"])
         ended = " / ".join(", ".join(sorted({run["ended"] for run in runs[name]})) for name in ("frozen", "plain"))

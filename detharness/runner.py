@@ -446,31 +446,21 @@ def _detach_worker(parent: int) -> None:
     threading.Thread(target=watch, name="detharness-parent-watchdog", daemon=True).start()
 
 
-def _loaded() -> None:
-    """Leave what the worker has loaded (the framework, detharness, the case files: objects that live
-    as long as the worker) out of the garbage collector's full passes.
+def _freeze_heap() -> None:
+    """Leave every object this worker holds now out of the garbage collector's full passes.
 
-    Each full collection walks every tracked object, and after ``import torch`` that is most of
-    the framework, walked again each time the variants' allocations trigger one. Frozen, they are
-    skipped: the built-in models' torch and jax variants take about 6% less CPU
-    (benchmarks/worker_gc.py, which also checks that the outputs stay bitwise equal). Nothing changes
-    but the collector's work: frozen objects are still freed by reference counting, and no result
-    depends on when a collection runs.
-    """
-    import gc
+    Called twice. Once the framework and the case files are loaded: a full collection walks every
+    tracked object, after ``import torch`` most of the framework, again each time the variants'
+    allocations trigger one; frozen, the built-in models' torch and jax variants take about 6% less
+    CPU. And when the worker is told to stop (or finds its pipe closed), its answers sent: a torch
+    worker that exported to ONNX spent about 0.55 CPU-s exiting, nearly all of it the interpreter's
+    last collections, and the runner kills a worker still there after 0.5 s; frozen, the exit takes
+    about 0.17 s and the atexit handlers and stream flushes still run. (benchmarks/worker_gc.py
+    measures both, and checks that the outputs stay bitwise equal.)
 
-    gc.freeze()
-
-
-def _ending() -> None:
-    """Make this worker's exit cheap: its answers are sent, and nothing it holds is written anywhere
-    at exit (the cache's entries and jax's compiled programs are written when they are made).
-
-    A torch worker that exported to ONNX spent about 0.55 CPU-s exiting, nearly all of it the
-    interpreter's last garbage collections, and the runner waits 0.5 s for a worker to end before it
-    kills it: such workers were killed mid-exit. Frozen, the objects made since :func:`_loaded` are
-    left out too: the exit takes about 0.17 s (benchmarks/worker_gc.py), and the atexit handlers
-    and stream flushes still run.
+    Nothing changes but the collector's work: frozen objects are still freed by reference counting,
+    no result depends on when a collection runs, and nothing a worker holds is written at exit (the
+    cache's entries and jax's compiled programs are written when they are made).
     """
     import gc
 
@@ -496,14 +486,14 @@ def _worker_main(conn: multiprocessing.connection.Connection, backend_name: str,
         return
     conn.send(("hello", Hello(devices=tuple(hello["devices"]), fingerprint=hello["fingerprint"],
                               info={k: v for k, v in hello.items() if k not in ("devices", "fingerprint")})))
-    _loaded()
+    _freeze_heap()  # what is loaded lives as long as the worker
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             message = None
         if message is None:
-            _ending()
+            _freeze_heap()  # the exit's last collections have nothing to walk
             return
         logs = []
         with captured(logs):

@@ -318,7 +318,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """An xdist worker's heap, frozen once its tests are done: its exit then skips the interpreter's
     last garbage collections over torch's, jax's and every test's objects (about 1 s, on the
     session's critical path: the controller waits for the last worker to end). As
-    detharness.runner._ending does for a backend worker."""
+    detharness.runner._freeze_heap does for a backend worker that is told to stop."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import gc
 

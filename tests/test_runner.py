@@ -199,8 +199,9 @@ def test_the_bfloat16_probe_model_is_one_every_onnxruntime_since_1_12_reads() ->
 @pytest.mark.parametrize(("user_value", "seen"), [(None, "false"), ("true", "true")])
 def test_a_jax_worker_takes_gpu_memory_as_needed_unless_the_user_chose(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                       user_value: str | None, seen: str) -> None:
-    """jax's default preallocation (75% of the GPU) left the second jax process of a run on one GPU
-    out of memory; a jax worker turns it off before jax starts, and keeps a value the user set."""
+    """jax takes 75% of a GPU when it starts, and its variants ran out of memory on a GPU that a run
+    shares among processes; a jax worker turns that off before jax starts, and keeps a value the user
+    set."""
     pytest.importorskip("jax")
     if user_value is None:
         monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
