@@ -915,10 +915,11 @@ def run(options: RunOptions) -> RunRecord:
     def run_worker(share: _Share, index: int, replies: dict[str, Reply], events: queue.Queue[str] | None) -> None:
         """One worker process's part of a backend's variants, taken case by case from ``share``."""
         nonlocal done
-        executor = Executor(options.case_paths, deterministic=options.deterministic, timeout=options.timeout,
-                            in_process=options.in_process, use_cache=options.cache)
+        executor: Executor | None = None
         joined = True
         try:
+            executor = Executor(options.case_paths, deterministic=options.deterministic, timeout=options.timeout,
+                                in_process=options.in_process, use_cache=options.cache)
             if not options.in_process and share.installed:
                 # Started before any variant: a helper is held against the first worker's
                 # fingerprint (thread counts included) before it runs anything.
@@ -959,12 +960,13 @@ def run(options: RunOptions) -> RunRecord:
         finally:
             if index == 0:
                 share.started.set()  # whatever happened: no helper waits forever
-            executor.close()
-            if joined:
-                with lock:
-                    fingerprint.update(executor.fingerprint)
+            if executor is not None:
+                executor.close()
+                if joined:
+                    with lock:
+                        fingerprint.update(executor.fingerprint)
             if events is not None:
-                events.put("exit")
+                events.put("exit")  # whatever happened: the run does not wait for this thread forever
 
     for _ in range(options.repeat_processes):
         replies: dict[str, Reply] = {}
@@ -1002,11 +1004,18 @@ def _run_shares(shares: Sequence[_Share], forced: bool, replies: dict[str, Reply
     or ends while fewer workers than cores are running, a helper for the share that wants one most."""
     events: queue.Queue[str] = queue.Queue()
     threads: list[threading.Thread] = []
+    failures: list[BaseException] = []
+
+    def guarded(share: _Share, index: int) -> None:
+        try:
+            work(share, index, replies, events)
+        except BaseException as exc:  # raised in the caller's thread below, not lost with this one
+            failures.append(exc)
 
     def launch(share: _Share) -> None:
         index = share.workers
         share.workers += 1
-        thread = threading.Thread(target=work, args=(share, index, replies, events), daemon=True,
+        thread = threading.Thread(target=guarded, args=(share, index), daemon=True,
                                   name=f"detharness-{share.backend}-{index + 1}")
         threads.append(thread)
         thread.start()
@@ -1030,6 +1039,10 @@ def _run_shares(shares: Sequence[_Share], forced: bool, replies: dict[str, Reply
             live += 1
     for thread in threads:
         thread.join()
+    if failures:
+        # A variant's own failure is a reply, never an exception: this is detharness's (or a bad
+        # option found late), and its variants would otherwise be reported as "worker lost".
+        raise failures[0]
 
 
 def variant_record(v: Variant, reply: Reply) -> VariantRecord:

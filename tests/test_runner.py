@@ -134,6 +134,31 @@ class _MissingFramework(Backend):
     install_hint = "pip install notinstalled-framework"
 
 
+def test_an_exception_in_a_worker_thread_is_raised_by_the_run_not_lost_with_the_thread(small_cases: Path) -> None:
+    """A variant's own failure is a reply; anything else raised while a worker thread runs its share
+    (here the caller's progress callback) ends the run with that exception. It used to be printed by
+    the dying thread and its variants recorded as "no result (worker lost)"."""
+    import threading
+
+    def progress(done: int, total: int, variant: str) -> None:
+        raise RuntimeError(f"the progress bar broke at {variant}")
+
+    outcome: list[BaseException | object] = []
+
+    def go() -> None:
+        try:
+            outcome.append(run(RunOptions(case_paths=[str(small_cases)], backends=["numpy"], device="cpu",
+                                          progress=progress)))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the run never ended"
+    assert isinstance(outcome[0], RuntimeError) and "the progress bar broke at" in str(outcome[0])
+
+
 def test_uninstalled_backend_asked_by_name_exits_2_with_the_hint(capsys: pytest.CaptureFixture[str]) -> None:
     register_backend(_MissingFramework(), replace=True)
     assert main(["run", "--backend", "notinstalled"]) == 2
