@@ -24,6 +24,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import sysconfig
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from detharness._io import atomic_write_bytes, to_jsonable
+from detharness.errors import UsageError
 
 #: Set to 1 (``--no-cache``) to turn the cache off for a run and the workers it starts.
 NO_CACHE_VARIABLE = "DETHARNESS_NO_CACHE"
@@ -82,12 +84,42 @@ def enabled_as(flag: bool) -> Iterator[None]:
         _override = previous
 
 
+class CacheSettingError(UsageError):
+    """A cache setting (``$DETHARNESS_CACHE_MAX_BYTES``) that cannot be understood: one line, exit 2."""
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i)?)?b?", re.IGNORECASE)
+_SIZE_UNITS = {"k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from ``text``: a number of bytes, or a number with a unit, ``k``, ``M``,
+    ``G``, ``T`` (powers of 1000) or ``Ki``, ``Mi``, ``Gi``, ``Ti`` (powers of 1024), each with or
+    without a trailing ``B`` (``2G``, ``1.5GiB``, ``500MB``). Raises ValueError for anything else,
+    and for a size under one byte."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size: give bytes, or a number with k, M, G, T (or Ki, Mi, Gi, Ti)")
+    number, unit, binary = match.groups()
+    scale = (1024 if binary else 1000) ** _SIZE_UNITS[unit.lower()] if unit else 1
+    size = int(float(number) * scale)
+    if size < 1:
+        raise ValueError(f"{text!r} is under one byte")
+    return size
+
+
 def max_bytes() -> int:
+    """The cap on detharness's own entries: ``$DETHARNESS_CACHE_MAX_BYTES`` (:func:`parse_size`),
+    else 2 GiB. Raises :class:`CacheSettingError` for a value it cannot read: a cap that is quietly
+    replaced by the default, or a negative one that evicts everything, would not be what was asked."""
     text = os.environ.get(MAX_BYTES_VARIABLE, "").strip()
-    try:
-        return int(text) if text else DEFAULT_MAX_BYTES
-    except ValueError:
+    if not text:
         return DEFAULT_MAX_BYTES
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise CacheSettingError(f"{MAX_BYTES_VARIABLE}: {exc} (e.g. 2G or 500MiB; to turn the cache off, "
+                                f"--no-cache or {NO_CACHE_VARIABLE}=1)") from None
 
 
 def key(parts: Mapping[str, Any]) -> str:
@@ -182,6 +214,10 @@ def _folder_bytes(path: Path) -> tuple[int, int]:
 
 def info() -> dict[str, Any]:
     """The folder, detharness's entries and their bytes (per kind too), the size cap, and jax's folder."""
+    return {**_usage(), "max_bytes": max_bytes()}
+
+
+def _usage() -> dict[str, Any]:
     kinds: dict[str, dict[str, int]] = {}
     for _, size, path in _entries():
         counts = kinds.setdefault(path.parent.name, {"entries": 0, "bytes": 0})
@@ -191,14 +227,14 @@ def info() -> dict[str, Any]:
     jax_files, jax_bytes = _folder_bytes(jax_root)
     return {"folder": str(folder()), "enabled": enabled(),
             "entries": sum(k["entries"] for k in kinds.values()), "bytes": sum(k["bytes"] for k in kinds.values()),
-            "max_bytes": max_bytes(), "kinds": dict(sorted(kinds.items())),
-            "jax": {"folder": str(jax_root), "files": jax_files, "bytes": jax_bytes}}
+            "kinds": dict(sorted(kinds.items())), "jax": {"folder": str(jax_root), "files": jax_files, "bytes": jax_bytes}}
 
 
 def clear() -> dict[str, Any]:
     """Remove every entry and jax's compiles (the matrix's version overlays are left alone);
-    returns :func:`info` as it was before."""
-    before = info()
+    returns what there was before (:func:`info` without the size cap, so that a cap it cannot read
+    does not stand in the way of emptying the folder)."""
+    before = _usage()
     for path in (folder() / _KINDS_FOLDER, folder() / _JAX_FOLDER):
         shutil.rmtree(path, ignore_errors=True)
     return before

@@ -589,6 +589,10 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     fail_on = _fail_on(args.fail_on)
     _check_report_paths(args)
     spec = matrix.load_profiles(args.profiles).select(_comma_list(args.profile))
+    if not args.no_cache:
+        from detharness import cache
+
+        cache.max_bytes()  # refused once here, not by every profile's run
     start = time.perf_counter()
 
     def progress(line: str) -> None:

@@ -147,6 +147,13 @@ def pytest_configure(config: pytest.Config) -> None:
         _clear_stale_record(record_dir)
     if not roots:
         return
+    from detharness import cache
+
+    if cache.enabled():
+        try:
+            cache.max_bytes()
+        except cache.CacheSettingError as exc:
+            raise pytest.UsageError(str(exc)) from None
     session = _Session(config, roots)
     config.stash[_SESSION] = session
     baseline = config.getoption("dh_baseline")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from detharness import cache
 from detharness import record as record_mod
@@ -124,6 +127,54 @@ def test_info_and_clear_on_the_command_line() -> None:
     assert str(cache.folder()) in out.getvalue() and "entries: 1" in out.getvalue()
     assert main(["cache", "clear"], out=io.StringIO()) == 0
     assert cache.info()["entries"] == 0
+
+
+@given(count=st.integers(min_value=1, max_value=10**6),
+       unit=st.sampled_from(["", "B", "k", "kB", "K", "M", "MB", "G", "GB", "T", "Ki", "KiB", "Mi", "MiB", "gi", "GiB",
+                             "Ti", "TiB"]),
+       space=st.sampled_from(["", " "]))
+def test_a_size_is_bytes_or_a_number_with_a_decimal_or_binary_unit(count: int, unit: str, space: str) -> None:
+    letter = unit[:1].lower()
+    scale = 1 if letter in ("", "b") else (1024 if unit[1:2].lower() == "i" else 1000) ** "kmgt".index(letter) * (
+        1024 if unit[1:2].lower() == "i" else 1000)
+    assert cache.parse_size(f"{count}{space}{unit}") == count * scale
+
+
+@pytest.mark.parametrize("text", ["abc", "2X", "-5", "0", "0.1", "1e9", "2 G B", "GiB", "", "1,000", "½G"])
+def test_a_size_cap_it_cannot_read_is_refused_with_one_line_and_nothing_is_run(text: str, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if text:
+        with pytest.raises(ValueError):
+            cache.parse_size(text)
+    monkeypatch.setenv(cache.MAX_BYTES_VARIABLE, text or " ")
+    if not text:  # unset or blank: the default
+        assert cache.max_bytes() == cache.DEFAULT_MAX_BYTES
+        return
+    cases = write_cases(tmp_path / "cases", LINEAR_CASES)
+    for argv in (["run", "--cases", str(cases), "--out", str(tmp_path / "out")], ["cache", "info"]):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(argv, out=io.StringIO()) == 2
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"detharness: error: {cache.MAX_BYTES_VARIABLE}: "), lines
+    assert not (tmp_path / "out").exists()
+    # Turned off, the cap does not matter; and an unreadable cap does not stand in the way of emptying the cache.
+    assert main(["run", "--cases", str(cases), "--out", str(tmp_path / "off"), "--no-cache", "-k", "eager"],
+                out=io.StringIO()) in (0, 1)
+    monkeypatch.delenv(cache.MAX_BYTES_VARIABLE)
+    cache.put("onnx_export", cache.key({"n": 1}), b"x")
+    monkeypatch.setenv(cache.MAX_BYTES_VARIABLE, text)
+    assert main(["cache", "clear"], out=io.StringIO()) == 0
+    monkeypatch.delenv(cache.MAX_BYTES_VARIABLE)
+    assert cache.info()["entries"] == 0
+
+
+def test_the_size_cap_takes_a_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cache.MAX_BYTES_VARIABLE, "1.5GiB")
+    assert cache.max_bytes() == 3 * 2**29
+    out = io.StringIO()
+    assert main(["cache", "info"], out=out) == 0
+    assert "of 1.5 GiB" in out.getvalue()
 
 
 # -- the key of an ONNX export ------------------------------------------------------------------
