@@ -31,12 +31,11 @@ class SetupError(Exception):
 
 
 def default_overlay_cache() -> Path:
-    """``$DETHARNESS_CACHE_DIR/overlays``, else the XDG cache folder (``~/.cache/detharness/overlays``)."""
-    root = os.environ.get("DETHARNESS_CACHE_DIR")
-    if root:
-        return Path(root) / "overlays"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(xdg) / "detharness" / "overlays"
+    """``overlays`` in detharness's cache folder (:func:`detharness.cache.folder`:
+    ``$DETHARNESS_CACHE_DIR``, else ``$XDG_CACHE_HOME/detharness``, else ``~/.cache/detharness``)."""
+    from detharness import cache
+
+    return cache.folder() / "overlays"
 
 
 def overlay_key(pins: Sequence[Pin], python: str = sys.executable, target: Arch | None = None) -> dict[str, Any]:
