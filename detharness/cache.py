@@ -57,6 +57,21 @@ def folder() -> Path:
     return Path(xdg) / "detharness"
 
 
+def unwritable() -> str | None:
+    """Why entries cannot be written in :func:`folder` (it, or the nearest of its parents that exists,
+    is a file or is not writable), or None. A put that fails costs the reuse, never the run: this is
+    what says so."""
+    path = folder()
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def jax_folder() -> Path:
     """Where jax's persistent compilation cache goes: one folder per architecture, so an emulated
     aarch64 profile and the x86 host never share compiled programs (jax's key may not say which)."""
@@ -225,7 +240,7 @@ def _usage() -> dict[str, Any]:
         counts["bytes"] += size
     jax_root = folder() / _JAX_FOLDER
     jax_files, jax_bytes = _folder_bytes(jax_root)
-    return {"folder": str(folder()), "enabled": enabled(),
+    return {"folder": str(folder()), "enabled": enabled(), "unwritable": unwritable(),
             "entries": sum(k["entries"] for k in kinds.values()), "bytes": sum(k["bytes"] for k in kinds.values()),
             "kinds": dict(sorted(kinds.items())), "jax": {"folder": str(jax_root), "files": jax_files, "bytes": jax_bytes}}
 

@@ -337,6 +337,7 @@ def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
         if args.no_cache:
             options.cache = False
         record = run(options)
+        _warn_unkept_exports(record)
         empty_shard = bool(shard and not record.variants and record.options["shard"]["selected"])
         if not record.variants and not empty_shard:
             raise UsageError(f"{_selection_text(args)} selects no variant; `detharness list` with the same "
@@ -614,6 +615,18 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if any(Status(r["status"]) in fail_on for r in report["results"]) else EXIT_OK
 
 
+def _warn_unkept_exports(record: Any) -> None:
+    """One line on stderr when exports were made and the cache folder could not keep them: the run
+    is whole, but the next one will export them again, and without this nothing would say why."""
+    from detharness import cache
+
+    missed = sum(1 for v in record.variants.values() if v.cache and v.cache.get("onnx_export") == "miss")
+    reason = cache.unwritable() if missed else None
+    if reason:
+        sys.stderr.write(f"detharness run: warning: {missed} ONNX export(s) were not kept in the cache: "
+                         f"{terminal_safe(reason)} (DETHARNESS_CACHE_DIR chooses the folder)\n")
+
+
 def cmd_cache(args: argparse.Namespace, out: TextIO) -> int:
     import json
 
@@ -628,7 +641,10 @@ def cmd_cache(args: argparse.Namespace, out: TextIO) -> int:
     if getattr(args, "json", False):
         out.write(json.dumps(found, indent=2, sort_keys=True) + "\n")
         return EXIT_OK
-    out.write(f"folder:  {terminal_safe(found['folder'])}{'' if found['enabled'] else ' (off: DETHARNESS_NO_CACHE)'}\n")
+    note = "" if found["enabled"] else " (off: DETHARNESS_NO_CACHE)"
+    if found["unwritable"]:
+        note += f" (cannot be written: {found['unwritable']})"
+    out.write(f"folder:  {terminal_safe(found['folder'])}{terminal_safe(note)}\n")
     out.write(f"entries: {found['entries']} ({_size(found['bytes'])} of {_size(found['max_bytes'])})\n")
     for kind, counts in found["kinds"].items():
         out.write(f"  {terminal_safe(kind)}: {counts['entries']} ({_size(counts['bytes'])})\n")

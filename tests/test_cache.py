@@ -281,6 +281,28 @@ def test_cached_uncached_and_corrupt_runs_give_identical_bundles(tmp_path: Path)
     assert results and all(r["status"] == "identical" for r in results)
 
 
+def test_a_folder_that_cannot_keep_the_exports_costs_the_reuse_and_says_so(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DETHARNESS_CACHE_DIR", str(blocker / "cache"))
+    assert cache.unwritable() == f"{blocker} is not a folder"
+    cases = write_cases(tmp_path / "cases", LINEAR_CASES)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        record = _run_in_process(cases, tmp_path / "out")  # the run is whole: exit 0, every variant ok
+    assert record.variants[ONNX_ID].cache == {"onnx_export": "miss"}
+    assert all(v.status == "ok" for v in record.variants.values() if ":cpu:" in v.id)
+    warnings = [line for line in err.getvalue().splitlines() if "warning" in line]
+    assert warnings == [f"detharness run: warning: 1 ONNX export(s) were not kept in the cache: {blocker} is not a "
+                        "folder (DETHARNESS_CACHE_DIR chooses the folder)"]
+    out = io.StringIO()
+    assert main(["cache", "info"], out=out) == 0
+    assert f"(cannot be written: {blocker} is not a folder)" in out.getvalue().splitlines()[0]
+    monkeypatch.setenv("DETHARNESS_CACHE_DIR", str(tmp_path / "not-made-yet" / "cache"))
+    assert cache.unwritable() is None  # made when the first entry is put
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     full = {**os.environ, **(env or {})}
     full.pop("CI", None)
