@@ -13,12 +13,15 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from detharness import __version__
 from detharness._io import terminal_safe
 from detharness.cases import display_path
 from detharness.errors import EXIT_FAILED, EXIT_INTERNAL, EXIT_OK, DetHarnessError, UsageError
+
+if TYPE_CHECKING:
+    from detharness.record import RunRecord
 
 TRUST_NOTE = "runs the Python code in the case files it is given: only point it at code you trust"
 
@@ -615,7 +618,7 @@ def cmd_matrix(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_FAILED if any(Status(r["status"]) in fail_on for r in report["results"]) else EXIT_OK
 
 
-def _warn_unkept_exports(record: Any) -> None:
+def _warn_unkept_exports(record: RunRecord) -> None:
     """One line on stderr when exports were made and the cache folder could not keep them: the run
     is whole, but the next one will export them again, and without this nothing would say why."""
     from detharness import cache

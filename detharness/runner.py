@@ -684,8 +684,6 @@ class Executor:
         self.in_process = in_process
         #: None: as this process has it (on unless DETHARNESS_NO_CACHE is set).
         self.use_cache = cache.enabled() if use_cache is None else use_cache
-        if self.use_cache:
-            cache.max_bytes()  # a cap it cannot read is refused here, before any worker starts
         self._runners: dict[str, Worker | _InProcess] = {}
         self._lock = threading.Lock()
         #: Fingerprint keys of every backend loaded so far.

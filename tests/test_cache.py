@@ -146,9 +146,8 @@ def test_info_and_clear_on_the_command_line() -> None:
                              "Ti", "TiB"]),
        space=st.sampled_from(["", " "]))
 def test_a_size_is_bytes_or_a_number_with_a_decimal_or_binary_unit(count: int, unit: str, space: str) -> None:
-    letter = unit[:1].lower()
-    scale = 1 if letter in ("", "b") else (1024 if unit[1:2].lower() == "i" else 1000) ** "kmgt".index(letter) * (
-        1024 if unit[1:2].lower() == "i" else 1000)
+    letter, base = unit[:1].lower(), 1024 if unit[1:2].lower() == "i" else 1000
+    scale = 1 if letter in ("", "b") else base ** ("kmgt".index(letter) + 1)
     assert cache.parse_size(f"{count}{space}{unit}") == count * scale
 
 
